@@ -1,0 +1,54 @@
+"""Backbone builders over timm: every backbone exposes `num_features` and returns pooled features.
+
+timm models are used unchanged wherever timm has the architecture, so exported weights load
+into `timm.create_model` without prefix surgery.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import timm
+from torch import nn
+
+from ssl_zoo.config import ConfigError, ModelConfig
+
+
+def _check_name(name: str) -> None:
+    if name in timm.list_models():
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=3)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    raise ConfigError(f"model.backbone: unknown timm architecture {name!r}.{hint}")
+
+
+def is_vit(model: nn.Module) -> bool:
+    return hasattr(model, "patch_embed") and hasattr(model, "blocks")
+
+
+def cifar_stem(model: nn.Module) -> nn.Module:
+    """3x3 stride-1 first conv and no max-pool: the stem small-image ResNet recipes use."""
+    old = model.conv1
+    model.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def build_backbone(cfg: ModelConfig, in_chans: int = 3, img_size: int = 224, **overrides) -> nn.Module:
+    """A timm model without classifier (num_classes=0), so forward returns pooled features."""
+    _check_name(cfg.backbone)
+    kwargs: dict = {"num_classes": 0, "in_chans": in_chans}
+    if cfg.drop_path_rate:
+        kwargs["drop_path_rate"] = cfg.drop_path_rate
+    if cfg.backbone.startswith("vit") or cfg.backbone.startswith("deit"):
+        kwargs["img_size"] = cfg.img_size or img_size
+        if cfg.patch_size:
+            kwargs["patch_size"] = cfg.patch_size
+        kwargs["dynamic_img_size"] = True  # multi-crop: global and local crops of different sizes
+    kwargs.update(overrides)
+    model = timm.create_model(cfg.backbone, **kwargs)
+    if cfg.stem == "cifar":
+        if not hasattr(model, "conv1") or not hasattr(model, "maxpool"):
+            raise ConfigError(f"model.stem=cifar applies to ResNets only, not {cfg.backbone!r}")
+        cifar_stem(model)
+    return model

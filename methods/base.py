@@ -1,0 +1,114 @@
+"""The method contract: an nn.Module holding networks and loss, nothing about loops.
+
+The trainer owns the loop (devices, DDP, optimiser, schedules, checkpoints); a method owns
+`views -> loss` and what happens to its own state after a step (EMA teachers, centres).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import timm.optim
+import torch
+import torchvision.utils
+from torch import nn
+
+from ssl_zoo.augment import Normalize, Views, to_unit
+from ssl_zoo.config import ExperimentConfig, OptimConfig
+from ssl_zoo.data import Batch
+from ssl_zoo.schedules import Progress
+
+
+class Method(nn.Module):
+    """Base class; subclasses are registered with `ssl_zoo.registry.register`."""
+
+    Config: ClassVar[type]
+    description: ClassVar[str] = ""
+    registry_name: ClassVar[str] = ""
+    normalize: Normalize
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    # ---- defaults the config loader starts from -------------------------------------------
+    @classmethod
+    def paper_optim(cls) -> OptimConfig:
+        """The paper's optimiser recipe; a YAML `optim:` section overrides single fields."""
+        return OptimConfig()
+
+    @classmethod
+    def default_model(cls) -> dict:
+        """The paper's backbone (`model:` section defaults)."""
+        return {}
+
+    # ---- the contract ---------------------------------------------------------------------
+    def views(self, batch: Batch) -> Views:
+        raise NotImplementedError
+
+    def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
+        # DDP hooks into forward(), so the trainer calls the method through it.
+        return self.training_step(views, progress)
+
+    def after_backward(self, progress: Progress) -> None:
+        """Edit gradients before clipping/stepping (e.g. DINO's frozen last layer)."""
+
+    def after_step(self, progress: Progress) -> None:
+        """Update non-gradient state after the optimiser step (EMA teachers)."""
+
+    def schedule_values(self, progress: Progress) -> dict[str, float]:
+        """Scalars of the method's own schedules, for logging (momentum, temperatures)."""
+        return {}
+
+    def param_groups(self, optim_cfg: OptimConfig) -> list[dict]:
+        """Weight decay on weights only (not biases or 1-D params), trainable params only."""
+        return timm.optim.param_groups_weight_decay(self, weight_decay=optim_cfg.weight_decay)
+
+    def backbone(self) -> nn.Module:
+        """The network the hub exports and k-NN evaluates."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Features for evaluation from uint8 images at the load size."""
+        return self.backbone()(self.normalize(to_unit(images)))
+
+    @torch.no_grad()
+    def log_images(self, views: Views) -> dict[str, torch.Tensor]:
+        """Image grids for tensorboard; by default the first images of every view, de-normalised."""
+        grids = {}
+        for i, crop in enumerate(views.crops[:4]):
+            grids[f"views/{i}"] = image_grid(self.normalize.inverse(crop[:8]))
+        return grids
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+    return torchvision.utils.make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy that never receives gradients (EMA teachers, momentum encoders)."""
+    twin = copy.deepcopy(module)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
+
+
+def disable_drop_path(module: nn.Module) -> nn.Module:
+    """Zero every stochastic-depth rate in `module` (teachers run without drop-path)."""
+    for m in module.modules():
+        if hasattr(m, "drop_prob"):
+            m.drop_prob = 0.0
+    return module
+
+
+def build_method(cfg: ExperimentConfig) -> Method:
+    """Instantiate the configured method with its backbone."""
+    from ssl_zoo.registry import get_method_class
+
+    cls = get_method_class(cfg.method.name)
+    return cls.from_config(cfg)

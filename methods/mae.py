@@ -1,0 +1,126 @@
+"""MAE (He et al., 2021, "Masked Autoencoders Are Scalable Vision Learners").
+
+The encoder sees CLS + a random 25% of patches; a light decoder fills in mask tokens and
+predicts (norm-)pixels; the loss is per-patch MSE averaged over masked patches only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from lightly.models import utils as lu
+from lightly.models.modules import MaskedVisionTransformerDecoderTIMM, MaskedVisionTransformerTIMM
+from torch import nn
+
+from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
+from ssl_zoo.backbones import build_backbone, is_vit
+from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
+from ssl_zoo.data import Batch
+from ssl_zoo.masking import random_patch_mask
+from ssl_zoo.methods.base import Method, image_grid
+from ssl_zoo.registry import register
+from ssl_zoo.schedules import Progress
+
+
+def mae_view(size: int = 224) -> ViewSpec:
+    """RandomResizedCrop(0.2, 1) + flip, no colour augmentation."""
+    return ViewSpec(size=size, scale=(0.2, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+
+
+@register("mae")
+class MAE(Method):
+    description = "MAE: 75% random patch masking, ViT encoder on visible patches, norm-pix MSE on masked ones"
+
+    @dataclass
+    class Config:
+        name: Literal["mae"] = "mae"
+        mask_ratio: float = bounded(0.75, 0.0, 0.99)
+        decoder_dim: int = bounded(512, 1)
+        decoder_depth: int = bounded(8, 1)
+        decoder_heads: int = bounded(16, 1)
+        norm_pix_loss: bool = True
+        view: ViewSpec = field(default_factory=mae_view)
+        normalize: Literal["imagenet", "none"] = "imagenet"
+
+    @classmethod
+    def paper_optim(cls) -> OptimConfig:
+        return OptimConfig(name="adamw", base_lr=1.5e-4, lr_scaling="linear", betas=(0.9, 0.95),
+                           weight_decay=0.05, warmup_epochs=40)
+
+    @classmethod
+    def default_model(cls) -> dict:
+        return {"backbone": "vit_base_patch16_224"}
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> "MAE":
+        vit = build_backbone(cfg.model, in_chans=cfg.data.channels, img_size=cfg.method.view.size,
+                             dynamic_img_size=False)
+        if not is_vit(vit):
+            raise ConfigError(f"model.backbone: MAE needs a ViT, got {cfg.model.backbone!r}")
+        return cls(cfg.method, vit)
+
+    def __init__(self, cfg: Config, vit: nn.Module) -> None:
+        super().__init__(cfg)
+        # MAE init (xavier on Linear, N(0, .02) tokens) and a fixed 2-D sin-cos position embedding
+        self.encoder = MaskedVisionTransformerTIMM(vit=vit, pos_embed_initialization="sincos")
+        self.patch_size = vit.patch_embed.patch_size[0]
+        self.num_patches = vit.patch_embed.num_patches
+        self.decoder_embed = nn.Linear(vit.embed_dim, cfg.decoder_dim)
+        self.decoder = MaskedVisionTransformerDecoderTIMM(
+            num_patches=self.num_patches, embed_dim=cfg.decoder_dim, depth=cfg.decoder_depth,
+            num_heads=cfg.decoder_heads, num_prefix_tokens=vit.num_prefix_tokens)
+        self.decoder_pred = nn.Linear(cfg.decoder_dim, self.patch_size**2 * vit.patch_embed.proj.in_channels)
+        for layer in (self.decoder_embed, self.decoder_pred):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.augment = MultiViewAugment([cfg.view], cfg.normalize)
+        self.normalize = Normalize(cfg.normalize)
+
+    def views(self, batch: Batch) -> Views:
+        views = self.augment(batch.images)
+        keep, masked = random_patch_mask(len(batch), self.num_patches, self.cfg.mask_ratio, views.crops[0].device)
+        views.extra.update(idx_keep=keep, idx_mask=masked)
+        return views
+
+    def reconstruct(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+        """Predicted patches (B, N, p*p*C) for every position; visible ones are predicted too."""
+        prefix = self.encoder.vit.num_prefix_tokens
+        batch = images.shape[0]
+        seq_keep = torch.cat([torch.arange(prefix, device=images.device).expand(batch, -1), idx_keep + prefix], 1)
+        latent = self.decoder_embed(self.encoder.encode(images, idx_keep=seq_keep))
+        tokens = lu.repeat_token(self.decoder.mask_token, (batch, self.num_patches + prefix))
+        tokens = lu.set_at_index(tokens, seq_keep, latent.to(tokens.dtype))
+        decoded = self.decoder.decode(self.decoder.add_pos_embed(tokens))
+        return self.decoder_pred(decoded[:, prefix:])
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        patches = lu.patchify(images, self.patch_size)
+        return lu.normalize_mean_var(patches, dim=-1) if self.cfg.norm_pix_loss else patches
+
+    def masked_loss(self, pred: torch.Tensor, target: torch.Tensor, idx_mask: torch.Tensor) -> torch.Tensor:
+        """Per-patch MSE averaged over masked patches only."""
+        per_patch = ((lu.get_at_index(pred, idx_mask) - lu.get_at_index(target, idx_mask)) ** 2).mean(-1)
+        return per_patch.mean()
+
+    def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
+        images = views.crops[0]
+        pred = self.reconstruct(images, views.extra["idx_keep"])
+        return {"loss": self.masked_loss(pred, self.targets(images), views.extra["idx_mask"])}
+
+    def backbone(self) -> nn.Module:
+        return self.encoder.vit
+
+    @torch.no_grad()
+    def log_images(self, views: Views) -> dict[str, torch.Tensor]:
+        images = views.crops[0][:8]
+        keep, masked = views.extra["idx_keep"][:8], views.extra["idx_mask"][:8]
+        pred = self.reconstruct(images, keep).float()
+        patches = lu.patchify(images, self.patch_size)
+        if self.cfg.norm_pix_loss:  # undo the per-patch normalisation with the true patch statistics
+            pred = pred * (patches.var(-1, keepdim=True) + 1e-6).sqrt() + patches.mean(-1, keepdim=True)
+        hidden = lu.set_at_index(patches, masked, torch.zeros_like(lu.get_at_index(patches, masked)))
+        filled = lu.set_at_index(patches, masked, lu.get_at_index(pred, masked))
+        rows = [images, lu.unpatchify(hidden, self.patch_size), lu.unpatchify(filled, self.patch_size)]
+        return {"mae/input_masked_reconstruction": image_grid(self.normalize.inverse(torch.cat(rows)))}

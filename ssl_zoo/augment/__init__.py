@@ -1,0 +1,187 @@
+"""Batched view generation on the training device (kornia), recording what was applied.
+
+Why here and not in the loader: every random, per-view operation runs on whole batches on the
+device, so the CPU workers only decode. Crops are sampled here (not inside a kornia module) so
+each view knows its box in normalised original-image coordinates and whether it was flipped;
+dense methods (PixPro) and tests need exactly that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import kornia.augmentation as K
+import torch
+from kornia.geometry.transform import crop_and_resize
+from torch import nn
+
+from ssl_zoo.config import bounded
+
+NORMALIZATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "none": None,
+}
+
+
+@dataclass
+class ViewSpec:
+    """One view's recipe (RandomResizedCrop + flip + colour); probabilities are per image."""
+
+    size: int = bounded(224, 1)
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    flip_p: float = bounded(0.5, 0.0, 1.0)
+    jitter_p: float = bounded(0.8, 0.0, 1.0)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+    gray_p: float = bounded(0.2, 0.0, 1.0)
+    blur_p: float = bounded(0.0, 0.0, 1.0)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel_frac: float = bounded(0.1, 0.0, 1.0)  # kernel side as a fraction of the view side
+    solarize_p: float = bounded(0.0, 0.0, 1.0)
+
+
+@dataclass
+class Views:
+    """Views of one batch plus the geometry each one applied."""
+
+    crops: list[torch.Tensor]  # each (B, C, h, w), float, normalised
+    boxes: list[torch.Tensor]  # each (B, 4): x1, y1, x2, y2 in [0, 1] of the original; x1 > x2 when flipped
+    flips: list[torch.Tensor]  # each (B,) bool
+    extra: dict = field(default_factory=dict)  # method-specific (masks, labels, ...)
+
+
+class Normalize(nn.Module):
+    """Map uint8-range [0, 1] images to the method's input space (identity for 'none')."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        stats = NORMALIZATIONS[name]
+        mean, std = stats if stats else ((0.0,), (1.0,))
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        mean = self.mean if self.mean.shape[1] in (1, c) else self.mean.mean().view(1, 1, 1, 1)
+        std = self.std if self.std.shape[1] in (1, c) else self.std.mean().view(1, 1, 1, 1)
+        return (x - mean) / std
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        mean = self.mean if self.mean.shape[1] in (1, c) else self.mean.mean().view(1, 1, 1, 1)
+        std = self.std if self.std.shape[1] in (1, c) else self.std.mean().view(1, 1, 1, 1)
+        return x * std + mean
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 batch -> float in [0, 1]."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+def sample_boxes(batch: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+                 device: torch.device, tries: int = 10) -> torch.Tensor:
+    """RandomResizedCrop boxes (torchvision's rule, vectorised): (B, 4) pixel x1, y1, x2, y2 (exclusive)."""
+    area = height * width
+    target = area * torch.empty(batch, tries, device=device).uniform_(scale[0], scale[1])
+    log_r = torch.empty(batch, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    aspect = torch.exp(log_r)
+    w = torch.sqrt(target * aspect).round()
+    h = torch.sqrt(target / aspect).round()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.argmax(ok.int(), dim=1)
+    any_ok = ok.any(dim=1)
+    rows = torch.arange(batch, device=device)
+    w, h = w[rows, first], h[rows, first]
+    # fallback (no valid try): the largest centred box within the ratio range, as torchvision does
+    in_ratio = width / height
+    fw = float(width) if ratio[0] <= in_ratio <= ratio[1] else (
+        float(round(height * ratio[1])) if in_ratio > ratio[1] else float(width))
+    fh = float(height) if ratio[0] <= in_ratio <= ratio[1] else (
+        float(height) if in_ratio > ratio[1] else float(round(width / ratio[0])))
+    w = torch.where(any_ok, w, torch.full_like(w, fw))
+    h = torch.where(any_ok, h, torch.full_like(h, fh))
+    u = torch.rand(batch, 2, device=device)
+    x1 = torch.where(any_ok, torch.floor(u[:, 0] * (width - w + 1)), torch.floor((width - w) / 2))
+    y1 = torch.where(any_ok, torch.floor(u[:, 1] * (height - h + 1)), torch.floor((height - h) / 2))
+    return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
+
+
+def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Cut each pixel box out of its image and resize it to size x size."""
+    x1, y1, x2, y2 = boxes.unbind(1)
+    corners = torch.stack([
+        torch.stack([x1, y1], 1), torch.stack([x2 - 1, y1], 1),
+        torch.stack([x2 - 1, y2 - 1], 1), torch.stack([x1, y2 - 1], 1),
+    ], dim=1)
+    return crop_and_resize(images, corners, (size, size), mode=mode, align_corners=True)
+
+
+def odd_kernel(size: int, fraction: float) -> int:
+    k = max(3, int(round(size * fraction)))
+    return k if k % 2 == 1 else k + 1
+
+
+def solarize(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Invert pixels >= 0.5, per image with probability p (kornia's version randomises the threshold)."""
+    if p <= 0:
+        return x
+    chosen = (torch.rand(x.shape[0], 1, 1, 1, device=x.device) < p)
+    return torch.where(chosen & (x >= 0.5), 1.0 - x, x)
+
+
+class ViewAugment(nn.Module):
+    """One view of a batch: crop, flip, colour jitter, grayscale, blur, solarize, normalise."""
+
+    def __init__(self, spec: ViewSpec, normalize: str = "none") -> None:
+        super().__init__()
+        self.spec = spec
+        b, c, s, h = spec.jitter
+        color = []
+        if spec.jitter_p > 0 and any(v > 0 for v in spec.jitter):
+            color.append(K.ColorJitter(b, c, s, h, p=spec.jitter_p))
+        if spec.gray_p > 0:
+            color.append(K.RandomGrayscale(p=spec.gray_p))
+        if spec.blur_p > 0:
+            k = odd_kernel(spec.size, spec.blur_kernel_frac)
+            color.append(K.RandomGaussianBlur((k, k), spec.blur_sigma, p=spec.blur_p))
+        self.color = nn.Sequential(*color)
+        self.normalize = Normalize(normalize)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """images: (B, C, H, W) uint8 or [0,1] float -> (view, normalised box (B,4), flipped (B,))."""
+        x = to_unit(images)
+        bsz, _, height, width = x.shape
+        boxes = sample_boxes(bsz, height, width, self.spec.scale, self.spec.ratio, x.device)
+        view = crop_resize(x, boxes, self.spec.size, self.spec.interpolation)
+        flips = torch.rand(bsz, device=x.device) < self.spec.flip_p
+        view = torch.where(flips[:, None, None, None], view.flip(-1), view)
+        if view.shape[1] == 1 and len(self.color):  # kornia colour ops want RGB
+            view = self.color(view.expand(-1, 3, -1, -1))[:, :1]
+        elif len(self.color):
+            view = self.color(view)
+        view = solarize(view.clamp(0, 1), self.spec.solarize_p)
+        norm_boxes = boxes / torch.tensor([width, height, width, height], device=x.device, dtype=boxes.dtype)
+        norm_boxes = torch.where(flips[:, None], norm_boxes[:, [2, 1, 0, 3]], norm_boxes)
+        return self.normalize(view), norm_boxes, flips
+
+
+class MultiViewAugment(nn.Module):
+    """Several view recipes applied to the same batch (two-view, multi-crop)."""
+
+    def __init__(self, specs: list[ViewSpec], normalize: str = "none") -> None:
+        super().__init__()
+        self.views = nn.ModuleList(ViewAugment(s, normalize) for s in specs)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> Views:
+        crops, boxes, flips = [], [], []
+        for aug in self.views:
+            v, b, f = aug(images)
+            crops.append(v)
+            boxes.append(b)
+            flips.append(f)
+        return Views(crops, boxes, flips)

@@ -1,0 +1,323 @@
+"""Typed experiment configuration: dataclasses are the schema, YAML fills them.
+
+Why: a typo in a cluster config should fail before a job waits hours in a queue, so every key,
+type, choice and range is checked at load time and the error names the key, the bad value and
+what would have been valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message says which and what is allowed."""
+
+
+def bounded(default: Any, lo: float | None = None, hi: float | None = None, **kw: Any) -> Any:
+    """A dataclass field whose numeric value must lie in [lo, hi] (checked at load)."""
+    if callable(default) and not isinstance(default, (int, float)):
+        return field(default_factory=default, metadata={"lo": lo, "hi": hi}, **kw)
+    return field(default=default, metadata={"lo": lo, "hi": hi}, **kw)
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+@dataclass
+class DataConfig:
+    kind: Literal["fashion_mnist", "image_folder", "synthetic"] = "fashion_mnist"
+    path: str = ""  # empty: the kind's default (fashion_mnist: /usr/share/datasets/fashion-mnist)
+    eval_path: str = ""  # image_folder only: labelled folder used as k-NN query set
+    load_size: int = bounded(28, 8, 4096)  # images leave the loader at this square size (uint8)
+    channels: int = bounded(3, 1, 64)  # grayscale data is replicated to this many channels
+    num_workers: int = bounded(0, 0, 256)
+    on_bad_image: Literal["skip", "error"] = "skip"
+    limit: int = bounded(0, 0)  # use only the first N training images (0: all)
+    synthetic_size: int = bounded(512, 1)
+    synthetic_classes: int = bounded(4, 1)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"  # any timm model name
+    stem: Literal["imagenet", "cifar"] = "imagenet"  # ResNets: cifar = 3x3 stride-1 conv, no max-pool
+    img_size: int = bounded(0, 0)  # ViTs: 0 = data.load_size
+    patch_size: int = bounded(0, 0)  # ViTs: 0 = timm default
+    drop_path_rate: float = bounded(0.0, 0.0, 1.0)
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw", "lars"] = "adamw"
+    base_lr: float = bounded(1e-3, 0.0)  # lr before the scaling rule
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    lr_reference_batch: int = bounded(256, 1)  # lr = base_lr * f(global_batch / this)
+    min_lr: float = bounded(0.0, 0.0)
+    warmup_epochs: float = bounded(0.0, 0.0)
+    weight_decay: float = bounded(0.0, 0.0)
+    weight_decay_end: float = bounded(-1.0, -1.0)  # < 0: constant weight decay
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = bounded(0.9, 0.0, 1.0)
+    lars_eta: float = bounded(0.001, 0.0)
+    clip_grad: float = bounded(0.0, 0.0)  # 0: no clipping
+    clip_mode: Literal["global", "per_parameter"] = "global"
+
+
+@dataclass
+class TrainConfig:
+    name: str = ""  # run directory name under output_dir (empty: derived from the config file)
+    output_dir: str = "runs"
+    epochs: float = bounded(1.0, 0.0)
+    max_steps: int = bounded(0, 0)  # > 0 overrides epochs
+    batch_size: int = bounded(256, 1)  # per rank, per optimizer step (before accumulation split)
+    accumulate: int = bounded(1, 1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    channels_last: bool = False
+    sync_batchnorm: bool = True  # only under DDP
+    deterministic: bool = False
+    threads: int = bounded(0, 0)  # CPU threads (0: torch default)
+    log_every: int = bounded(10, 1)
+    image_every: int = bounded(0, 0)  # tensorboard view grids every N steps (0: first step only)
+    ckpt_every: int = bounded(200, 1)
+    keep_last: int = bounded(2, 1)
+    resume: bool = True
+
+
+@dataclass
+class EvalConfig:
+    knn_every: int = bounded(0, 0)  # steps between k-NN evals during training (0: only at end)
+    knn_k: int = bounded(20, 1)
+    knn_temperature: float = bounded(0.07, 1e-6)
+    knn_train_limit: int = bounded(10000, 0)  # subset for periodic evals (0: all); final eval uses all
+    knn_test_limit: int = bounded(2000, 0)
+    final_knn: bool = True
+    batch_size: int = bounded(512, 1)
+
+
+@dataclass
+class ExperimentConfig:
+    method: Any = None  # the registered method's Config dataclass (chosen by method.name)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def method_name(self) -> str:
+        return self.method.name
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _closest(key: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(key, choices, n=1)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: invalid value {value!r}; valid choices: {', '.join(map(repr, args))}")
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{path}: expected {len(args)} values, got {value!r}")
+            return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        seq = [_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(seq) if origin is tuple else seq
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping with keys {[f.name for f in dataclasses.fields(tp)]}, got {value!r}")
+        return build_dataclass(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    raise ConfigError(f"{path}: unsupported field type {tp!r}")
+
+
+def _check_range(value: Any, f: dataclasses.Field, path: str) -> None:
+    lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+    if value is None or (lo is None and hi is None):
+        return
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    for v in values:
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            lo_s = "-inf" if lo is None else lo
+            hi_s = "inf" if hi is None else hi
+            raise ConfigError(f"{path}: value {v!r} is out of range; valid range: [{lo_s}, {hi_s}]")
+
+
+def build_dataclass(cls: type, data: dict, path: str = "") -> Any:
+    """Build `cls` from a plain dict, rejecting unknown keys and checking types and ranges."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else key
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key '{full}'.{_closest(key, list(fields))} "
+                f"Valid keys{' under ' + path if path else ''}: {', '.join(fields)}"
+            )
+        coerced = _coerce(value, hints[key], full)
+        _check_range(coerced, fields[key], full)
+        kwargs[key] = coerced
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path or cls.__name__}: {e}") from e
+    return obj
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override '{dotted}': '{k}' is a value, not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """Parse CLI `key.sub=value` strings; values are YAML (numbers, lists, true/false)."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Resolve a YAML file (or dict) plus dotted overrides into a validated ExperimentConfig.
+
+    The optimiser section starts from the method's paper defaults (`Method.paper_optim`), so a
+    config only states what it changes.
+    """
+    from ssl_zoo.registry import get_method_class
+
+    if isinstance(source, dict):
+        raw, name_hint = dict(source), ""
+    else:
+        path = Path(source)
+        raw, name_hint = _read_yaml(path), path.stem
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(raw, key, value)
+
+    sections = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    for key in raw:
+        if key not in sections:
+            raise ConfigError(f"unknown config section '{key}'.{_closest(key, sorted(sections))} "
+                              f"Valid sections: {', '.join(sorted(sections))}")
+    method_raw = dict(raw.get("method") or {})
+    if "name" not in method_raw:
+        raise ConfigError("method.name is required")
+    method_cls = get_method_class(method_raw["name"])
+    method_cfg = build_dataclass(method_cls.Config, method_raw, "method")
+
+    optim_raw = dataclasses.asdict(method_cls.paper_optim())
+    optim_raw.update(raw.get("optim") or {})
+    cfg = ExperimentConfig(
+        method=method_cfg,
+        data=build_dataclass(DataConfig, raw.get("data") or {}, "data"),
+        model=build_dataclass(ModelConfig, {**method_cls.default_model(), **(raw.get("model") or {})}, "model"),
+        optim=build_dataclass(OptimConfig, optim_raw, "optim"),
+        train=build_dataclass(TrainConfig, raw.get("train") or {}, "train"),
+        eval=build_dataclass(EvalConfig, raw.get("eval") or {}, "eval"),
+    )
+    if not cfg.train.name:
+        cfg.train.name = name_hint or method_cfg.name
+    return cfg
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain-data view of a config (tuples become lists) for YAML, JSON and checkpoints."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def dump_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

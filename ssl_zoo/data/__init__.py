@@ -1,0 +1,64 @@
+"""Datasets (uint8 at a fixed load size) and the resumable loader."""
+
+from __future__ import annotations
+
+import torch
+
+from ssl_zoo.config import DataConfig
+from ssl_zoo.data.batch import Batch, DataError, to_channels
+from ssl_zoo.data.fashion_mnist import FashionMNIST
+from ssl_zoo.data.image_folder import ImageFolder
+from ssl_zoo.data.sampler import ResumableSampler
+from ssl_zoo.data.synthetic import SyntheticImages
+
+__all__ = ["Batch", "DataError", "ResumableSampler", "build_dataset", "build_loader", "to_channels"]
+
+
+def build_dataset(cfg: DataConfig, split: str = "train") -> torch.utils.data.Dataset | None:
+    """The dataset for `split` ('train' or 'test'); None when the kind has no such labelled split."""
+    if cfg.kind == "fashion_mnist":
+        ds = FashionMNIST(cfg.path, split, cfg.channels, cfg.load_size)
+    elif cfg.kind == "synthetic":
+        ds = SyntheticImages(cfg.synthetic_size if split == "train" else max(cfg.synthetic_size // 4, cfg.synthetic_classes),
+                             cfg.synthetic_classes, cfg.load_size, cfg.channels, seed=0 if split == "train" else 1)
+    elif cfg.kind == "image_folder":
+        path = cfg.path if split == "train" else cfg.eval_path
+        if not path:
+            if split == "train":
+                raise DataError("data.path is required for data.kind=image_folder")
+            return None
+        ds = ImageFolder(path, cfg.load_size, cfg.channels, cfg.on_bad_image)
+    else:  # the config schema already restricts the kinds
+        raise DataError(f"unknown data.kind {cfg.kind!r}")
+    if split == "train" and cfg.limit:
+        ds = _Limited(ds, cfg.limit)
+    return ds
+
+
+class _Limited(torch.utils.data.Dataset):
+    """The first `limit` items of a dataset (quick runs and tests)."""
+
+    def __init__(self, base: torch.utils.data.Dataset, limit: int) -> None:
+        self.base, self.n = base, min(limit, len(base))
+        self.labels = base.labels[: self.n]
+        self.num_classes = getattr(base, "num_classes", 0)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        return self.base.__getitems__(indices)
+
+
+def _identity(batch: Batch) -> Batch:
+    return batch
+
+
+def build_loader(dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int,
+                 sampler: torch.utils.data.Sampler | None = None, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Batches come straight from `dataset.__getitems__`; a private generator keeps the global RNG untouched."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=sampler is not None,
+        num_workers=num_workers, collate_fn=_identity, pin_memory=pin_memory,
+        persistent_workers=False, generator=torch.Generator().manual_seed(0),
+    )

@@ -1,0 +1,94 @@
+"""Images from a folder: class sub-folders (labelled) or a flat folder (unlabeled).
+
+Decoding and resizing happen here, in the loader workers; everything random happens later on
+the device. A corrupt image is skipped (replaced by the next readable one, counted, warned
+once) or raises, per `data.on_bad_image`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ssl_zoo.data.batch import Batch, DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def _scan(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    if not root.exists():
+        raise DataError(f"data.path does not exist: {root}")
+    if not root.is_dir():
+        raise DataError(f"data.path is not a folder: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files: list[Path] = []
+    labels: list[int] = []
+    if classes:
+        for label, name in enumerate(classes):
+            for f in sorted((root / name).rglob("*")):
+                if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                    files.append(f)
+                    labels.append(label)
+    else:
+        files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+        labels = [-1] * len(files)
+    if not files:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}")
+    return files, labels, classes
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    def __init__(self, path: str, load_size: int, channels: int, on_bad_image: str = "skip") -> None:
+        self.root = Path(path)
+        self.files, labels, self.classes = _scan(self.root)
+        self.labels = torch.tensor(labels, dtype=torch.long)
+        self.num_classes = len(self.classes)
+        self.load_size = load_size
+        self.channels = channels
+        self.on_bad_image = on_bad_image
+        self.bad_images: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _decode(self, path: Path) -> torch.Tensor:
+        with Image.open(path) as img:
+            img = img.convert("L" if self.channels == 1 else "RGB")
+            w, h = img.size
+            scale = self.load_size / min(w, h)
+            img = img.resize((max(self.load_size, round(w * scale)), max(self.load_size, round(h * scale))),
+                             Image.BICUBIC)
+            w, h = img.size
+            left, top = (w - self.load_size) // 2, (h - self.load_size) // 2
+            img = img.crop((left, top, left + self.load_size, top + self.load_size))
+            arr = np.asarray(img, dtype=np.uint8)
+        t = torch.from_numpy(arr.copy())
+        t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+        return t.expand(self.channels, -1, -1) if t.shape[0] == 1 and self.channels > 1 else t
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        """Decode image `index`; in skip mode fall forward to the next readable image."""
+        for attempt in range(len(self.files)):
+            i = (index + attempt) % len(self.files)
+            path = self.files[i]
+            try:
+                return self._decode(path), i
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+                if self.on_bad_image == "error":
+                    raise DataError(f"unreadable image {path}: {e} (set data.on_bad_image=skip to skip it)") from e
+                if str(path) not in self.bad_images:
+                    self.bad_images.add(str(path))
+                    warnings.warn(f"skipping unreadable image {path}: {e} ({len(self.bad_images)} skipped so far)")
+        raise DataError(f"no readable image under {self.root}")
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        loaded = [self.load(i) for i in indices]
+        idx = torch.tensor([i for _, i in loaded], dtype=torch.long)
+        return Batch(torch.stack([img for img, _ in loaded]), self.labels[idx], idx)
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.__getitems__([index])
