@@ -91,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     from ssl_zoo.data import DataError
     from ssl_zoo.trainer import NonFiniteLossError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may come before or after options: collect leftover key=value words into them
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides.extend(extra)
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, NonFiniteLossError) as e:

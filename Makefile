@@ -1,0 +1,40 @@
+# Everything a fresh machine needs: `make train` (default job) and `make test` (the suite).
+VENV ?= .venv
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+FMNIST ?= /usr/share/datasets/fashion-mnist
+CONFIG ?= configs/simclrv2/resnet18_fashion_mnist.yaml
+
+.PHONY: install data train test benchmark clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data:
+	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian package dataset-fashion-mnist"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+	else \
+	  echo "Fashion-MNIST is missing from $(FMNIST). Install Debian's package 'dataset-fashion-mnist'" \
+	       "(sudo apt-get install dataset-fashion-mnist) or pass data.path=/your/folder to ssl-zoo train." >&2; \
+	  exit 1; \
+	fi
+
+train: $(STAMP) data
+	$(VENV)/bin/ssl-zoo train $(CONFIG) $(ARGS)
+
+test: $(STAMP) data
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+benchmark: $(STAMP) data
+	$(VENV)/bin/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

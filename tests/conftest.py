@@ -1,0 +1,63 @@
+"""Shared helpers: small configs that train in seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY_VIEW = {"size": 28, "scale": [0.3, 1.0], "interpolation": "bilinear", "jitter": [0.4, 0.4, 0.0, 0.0],
+             "gray_p": 0.0, "blur_p": 0.0}
+
+TINY = {
+    "simclrv2": {"method": {"name": "simclrv2", "temperature": 0.2, "head_hidden_dim": 64, "out_dim": 32,
+                            "view": TINY_VIEW},
+                 "model": {"backbone": "resnet18"},
+                 "optim": {"name": "lars", "base_lr": 0.3, "warmup_epochs": 0.0, "weight_decay": 1e-6}},
+    "dino": {"method": {"name": "dino", "out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32, "n_local": 2,
+                        "global_views": [dict(TINY_VIEW, blur_p=1.0), dict(TINY_VIEW, blur_p=0.1, solarize_p=0.2)],
+                        "local_view": dict(TINY_VIEW, size=12, scale=[0.1, 0.4], blur_p=0.5),
+                        "teacher_temp": {"start": 0.04, "end": 0.07, "epochs": 1},
+                        "freeze_last_layer_epochs": 0.0},
+             "model": {"backbone": "vit_tiny_patch16_224", "patch_size": 4, "img_size": 28, "drop_path_rate": 0.1},
+             "optim": {"warmup_epochs": 0.0, "base_lr": 1e-3}},
+    "mae": {"method": {"name": "mae", "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4,
+                       "view": {"size": 28, "scale": [0.2, 1.0], "jitter_p": 0.0, "gray_p": 0.0}},
+            "model": {"backbone": "vit_tiny_patch16_224", "patch_size": 4, "img_size": 28},
+            "optim": {"warmup_epochs": 0.0, "base_lr": 1.5e-3}},
+}
+
+
+def tiny_config(method: str, tmp_path: Path, data: str = "synthetic", **sections) -> dict:
+    """A dict config for `load_config`: tiny model and data, output under tmp_path."""
+    cfg = copy.deepcopy(TINY[method])
+    cfg["data"] = ({"kind": "synthetic", "synthetic_size": 256, "load_size": 28} if data == "synthetic"
+                   else {"kind": "fashion_mnist", "limit": 2048})
+    cfg["train"] = {"output_dir": str(tmp_path / "runs"), "name": f"{method}_test", "batch_size": 32,
+                    "max_steps": 6, "log_every": 1, "ckpt_every": 1000, "seed": 0}
+    cfg["eval"] = {"final_knn": False}
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+@pytest.fixture
+def python_exe() -> str:
+    return sys.executable
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """Trainers may set train.threads; keep that from leaking into later tests."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,208 @@
+"""Trainer behaviour: exact resume, atomic checkpoints, NaN guard, signals, logs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ssl_zoo.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from ssl_zoo.config import load_config
+from ssl_zoo.trainer import NonFiniteLossError, Trainer
+from tests.conftest import ROOT, tiny_config
+
+
+def write_config(tmp_path: Path, cfg: dict, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start_train(config: Path, *overrides: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "ssl_zoo", "train", str(config), "--no-progress", *overrides],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def resume_config(tmp_path):
+    return tiny_config("simclrv2", tmp_path, train={"max_steps": 24, "ckpt_every": 5, "threads": 1,
+                                                    "deterministic": True, "log_every": 1})
+
+
+def test_sigkill_then_restart_matches_uninterrupted_run(tmp_path):
+    """8 steps per epoch, killed after step 10 (mid-epoch 2): same final weights as one straight run."""
+    cfg = resume_config(tmp_path)
+    config = write_config(tmp_path, cfg, "resume")
+    ref = start_train(config, "train.name=straight")
+    assert ref.wait(timeout=300) == 0, ref.stdout.read()
+
+    run_dir = tmp_path / "runs" / "killed"
+    proc = start_train(config, "train.name=killed")
+    deadline = time.time() + 240
+    while not (run_dir / "checkpoints" / "step_10.pt").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] < 24
+    again = start_train(config, "train.name=killed")
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    assert "resumed from" in out
+    assert_same_weights(final_weights(tmp_path / "runs" / "straight"), final_weights(run_dir))
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 24  # no duplicated steps after the resume
+
+
+def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 10000, "ckpt_every": 10000, "name": "term"})
+    proc = start_train(write_config(tmp_path, cfg, "term"))
+    metrics = tmp_path / "runs" / "term" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "status: interrupted" in out
+    state = load_checkpoint(tmp_path / "runs" / "term" / "checkpoints" / "last.pt")
+    assert 2 <= state["step"] < 10000
+
+
+def test_usr1_interrupt_and_resume_in_process_dino_matches(tmp_path):
+    """DINO state (EMA teacher, centre, frozen-layer timing) survives a signal-driven stop."""
+    base = tiny_config("dino", tmp_path, train={"max_steps": 8, "ckpt_every": 100, "threads": 1})
+    straight = Trainer(load_config(base, ["train.name=straight"]), progress_bar=False).fit()
+
+    cfg = load_config(base, ["train.name=stopped"])
+    trainer = Trainer(cfg, progress_bar=False)
+    original = trainer.method.after_step
+
+    def after_step(progress):
+        original(progress)
+        if progress.step == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    trainer.method.after_step = after_step
+    first = trainer.fit()
+    assert first.status == "interrupted" and first.step == 4
+    second = Trainer(load_config(base, ["train.name=stopped"]), progress_bar=False).fit()
+    assert second.status == "completed" and second.step == 8
+    assert_same_weights(final_weights(straight.run_dir), final_weights(second.run_dir))
+
+
+def test_truncated_last_checkpoint_falls_back_to_previous(tmp_path):
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 6, "ckpt_every": 2, "keep_last": 5})
+    result = Trainer(load_config(cfg), progress_bar=False).fit()
+    folder = result.run_dir / "checkpoints"
+    assert sorted(p.name for p in folder.glob("step_*.pt")) == ["step_2.pt", "step_4.pt", "step_6.pt"]
+    last = folder / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # a write cut short
+    (folder / "step_6.pt").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="cannot read checkpoint"):
+        state, path = CheckpointManager(folder, 5).load_latest()
+    assert path.name == "step_4.pt" and state["step"] == 4
+
+
+def test_foreign_and_non_checkpoint_files_rejected(tmp_path):
+    junk = tmp_path / "junk.pt"
+    torch.save({"weights": torch.zeros(2)}, junk)
+    with pytest.raises(CheckpointError, match="not an ssl-zoo training checkpoint"):
+        load_checkpoint(junk)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Evil(), "step": 1}, evil)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(evil)
+
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 2, "name": "shared"})
+    Trainer(load_config(cfg), progress_bar=False).fit()
+    other = tiny_config("mae", tmp_path, train={"max_steps": 2, "name": "shared"})
+    with pytest.raises(CheckpointError, match="written by method 'simclrv2', not 'mae'"):
+        Trainer(load_config(other), progress_bar=False).fit()
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 10, "ckpt_every": 2})
+    trainer = Trainer(load_config(cfg), progress_bar=False)
+    original = trainer.method.training_step
+
+    def poisoned(views, progress):
+        out = original(views, progress)
+        if progress.step == 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    trainer.method.training_step = poisoned
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 3"):
+        trainer.fit()
+    state = load_checkpoint(trainer.run_dir / "checkpoints" / "last.pt")
+    assert state["step"] == 2
+
+
+def test_run_directory_contents_and_tensorboard_readback(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 4, "log_every": 2},
+                      eval={"final_knn": True, "knn_every": 2, "knn_train_limit": 128, "knn_test_limit": 32})
+    result = Trainer(load_config(cfg), progress_bar=False).fit()
+    assert (result.run_dir / "config.yaml").exists()
+    assert load_config(yaml.safe_load((result.run_dir / "config.yaml").read_text())).train.max_steps == 4
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [2, 4]
+    for key in ("step", "epoch", "loss", "lr", "img_per_s", "weight_decay", "grad_norm"):
+        assert key in train_rows[0]
+    knn_rows = [r for r in rows if "knn_top1" in r]
+    assert [r["step"] for r in knn_rows] == [2, 4] and result.knn_top1 == knn_rows[-1]["knn_top1"]
+    acc = EventAccumulator(str(result.tb_dir), size_guidance={"images": 0}).Reload()
+    assert {"loss", "lr", "weight_decay", "img_per_s", "grad_norm", "knn_top1"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("loss")] == [2, 4]
+    assert any(tag.startswith("views/") for tag in acc.Tags()["images"])
+
+
+def test_gradient_accumulation_steps_once_per_accumulated_batch(tmp_path):
+    cfg = tiny_config("mae", tmp_path, train={"max_steps": 3, "batch_size": 32, "accumulate": 2})
+    trainer = Trainer(load_config(cfg), progress_bar=False)
+    calls, steps = [], []
+    original_step, original_train = trainer.optimizer.step, trainer.method.training_step
+
+    def counted_train(views, progress):
+        calls.append((progress.step, views.crops[0].shape[0]))
+        return original_train(views, progress)
+
+    def counted_step(*args, **kwargs):
+        steps.append(1)
+        return original_step(*args, **kwargs)
+
+    trainer.method.training_step, trainer.optimizer.step = counted_train, counted_step
+    trainer.fit()
+    assert calls == [(0, 16), (0, 16), (1, 16), (1, 16), (2, 16), (2, 16)]
+    assert len(steps) == 3
+
+
+def test_bad_accumulation_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="must be divisible by train.accumulate=3"):
+        Trainer(load_config(tiny_config("mae", tmp_path, train={"batch_size": 32, "accumulate": 3})))
