@@ -97,10 +97,17 @@ class DINO(Method):
         super().__init__(cfg)
         if len(cfg.global_views) != 2:
             raise ValueError(f"method.global_views: DINO uses exactly 2 global views, got {len(cfg.global_views)}")
-        head = DINOProjectionHead(backbone.num_features, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim,
-                                  batch_norm=cfg.use_bn_in_head, norm_last_layer=cfg.norm_last_layer)
+        def make_head() -> DINOProjectionHead:
+            return DINOProjectionHead(backbone.num_features, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim,
+                                      batch_norm=cfg.use_bn_in_head, norm_last_layer=cfg.norm_last_layer)
+
+        head = make_head()
         self.student = MultiCropNetwork(backbone, head)
-        self.teacher = disable_drop_path(frozen_copy(self.student))
+        # deepcopy cannot copy the head: weight_norm keeps `last_layer.weight` as a non-leaf tensor.
+        # The teacher head is built anew and takes the student's weights (weight_g, weight_v, ...).
+        teacher_head = make_head()
+        teacher_head.load_state_dict(head.state_dict())
+        self.teacher = disable_drop_path(MultiCropNetwork(frozen_copy(backbone), teacher_head.requires_grad_(False)))
         self.criterion = DINOLoss(output_dim=cfg.out_dim, warmup_teacher_temp=cfg.teacher_temp.start,
                                   teacher_temp=cfg.teacher_temp.end, student_temp=cfg.student_temp,
                                   center_momentum=cfg.center_momentum)

@@ -52,14 +52,11 @@ def reference_dino_loss(teacher: list[torch.Tensor], student: list[torch.Tensor]
 def test_zero_logits_and_zero_centre_give_ln_out_dim():
     from ssl_zoo.methods.dino import DINO
 
-    cfg = DINO.Config()
-    assert cfg.out_dim == 65536
-    # the loss module exactly as DINO builds it (the whole method would need a 65536-way head)
-    from lightly.loss import DINOLoss
-
-    loss_fn = DINOLoss(output_dim=cfg.out_dim, warmup_teacher_temp=cfg.teacher_temp.start,
-                       teacher_temp=cfg.teacher_temp.end, student_temp=cfg.student_temp,
-                       center_momentum=cfg.center_momentum)
+    cfg = DINO.Config()  # the paper's defaults: 65536-way head, 2 global + 8 local crops
+    assert cfg.out_dim == 65536 and cfg.n_local == 8
+    backbone = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    backbone.num_features = 3  # a trivial backbone: only the criterion matters here
+    loss_fn = DINO(cfg, backbone).criterion
     assert torch.count_nonzero(loss_fn.center) == 0
     n_views = 2 + cfg.n_local
     for dtype, rel in ((torch.float64, 1e-9), (torch.float32, 1e-3)):  # fp32: 65536-term sums round
@@ -204,6 +201,7 @@ def test_last_layer_is_frozen_during_the_first_epoch_only(tmp_path):
         method.zero_grad(set_to_none=True)
         torch.manual_seed(4)
         method.training_step(method.views(images(4)), progress(step))["loss"].backward()
+        assert last.weight_v.grad is not None  # backward reaches it; after_backward decides
         method.after_backward(progress(step))
 
     backward_then_after_backward(step=50)  # epoch 0
@@ -242,15 +240,23 @@ def test_multicrop_runs_each_resolution_through_the_backbone_once(tmp_path):
 
 
 def test_short_fashion_mnist_run_lowers_the_loss(tmp_path):
-    """A real training run (trainer, optimiser, schedules, EMA) on Fashion-MNIST: the loss goes down."""
+    """A real training run (trainer, AdamW, schedules, clipping, EMA, centring) on Fashion-MNIST.
+
+    Sizes are cut for speed (14 px patches: 2 x 2 tokens per global crop, 1 per 14 px local crop), and
+    the centre moves slower (momentum 0.99): with the paper's 0.9 the centre converges within ~20
+    steps and flattens the teacher, so the loss dips and then climbs back to about ln(out_dim) (measured
+    here: 4.9 -> 1.7 at step 5 -> 5.0 at step 40) before learning brings it down, which takes far
+    longer than a test.
+    """
     raw = tiny_config("dino", tmp_path, data="fashion_mnist",
-                      train={"max_steps": 30, "batch_size": 16, "log_every": 1},
-                      model={"patch_size": 7})  # 4x4 tokens at 28 px keeps the run short
-    raw["method"]["local_view"]["size"] = 14  # a multiple of the patch size
+                      train={"max_steps": 24, "batch_size": 16, "log_every": 1},
+                      model={"patch_size": 14}, optim={"base_lr": 1e-2})
+    raw["method"].update(center_momentum=0.99, local_view=dict(raw["method"]["local_view"], size=14))
     result = Trainer(load_config(raw), progress_bar=False).fit()
-    assert result.status == "completed" and result.step == 30
+    assert result.status == "completed" and result.step == 24
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
-    assert len(losses) == 30 and all(math.isfinite(v) for v in losses)
+    assert len(losses) == 24 and all(math.isfinite(v) for v in losses)
+    assert records[0]["teacher_temp"] == pytest.approx(0.04) and records[0]["momentum"] == pytest.approx(0.996, abs=1e-4)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < first, losses
+    assert last < 0.8 * first, losses
