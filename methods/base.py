@@ -14,7 +14,7 @@ import torch
 import torchvision.utils
 from torch import nn
 
-from ssl_zoo.augment import Normalize, Views, to_unit
+from ssl_zoo.augment import MultiViewAugment, Normalize, Views, center_crop_or_resize, to_unit
 from ssl_zoo.config import ExperimentConfig, OptimConfig
 from ssl_zoo.data import Batch
 from ssl_zoo.schedules import Progress
@@ -27,6 +27,8 @@ class Method(nn.Module):
     description: ClassVar[str] = ""
     registry_name: ClassVar[str] = ""
     normalize: Normalize
+    augment: MultiViewAugment
+    eval_size: int = 0  # > 0: evaluation images are centre-cropped (or resized) to this side
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
@@ -45,7 +47,8 @@ class Method(nn.Module):
 
     # ---- the contract ---------------------------------------------------------------------
     def views(self, batch: Batch) -> Views:
-        raise NotImplementedError
+        """Augmented views on the batch's device; by default the method's `augment` pipeline."""
+        return self.augment(batch.images)
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -75,7 +78,10 @@ class Method(nn.Module):
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Features for evaluation from uint8 images at the load size."""
-        return self.backbone()(self.normalize(to_unit(images)))
+        x = to_unit(images)
+        if self.eval_size:
+            x = center_crop_or_resize(x, self.eval_size)
+        return self.backbone()(self.normalize(x))
 
     @torch.no_grad()
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:

@@ -19,7 +19,6 @@ from torch import nn
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
 from ssl_zoo.backbones import build_backbone
 from ssl_zoo.config import ExperimentConfig, OptimConfig, bounded
-from ssl_zoo.data import Batch
 from ssl_zoo.methods.base import Method, disable_drop_path, frozen_copy
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Cosine, Progress, Warmup
@@ -113,9 +112,6 @@ class DINO(Method):
                                   center_momentum=cfg.center_momentum)
         self.augment = MultiViewAugment(list(cfg.global_views) + [cfg.local_view] * cfg.n_local, cfg.normalize)
         self.normalize = Normalize(cfg.normalize)
-
-    def views(self, batch: Batch) -> Views:
-        return self.augment(batch.images)
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         with torch.no_grad():

@@ -14,7 +14,7 @@ from lightly.models import utils as lu
 from lightly.models.modules import MaskedVisionTransformerDecoderTIMM, MaskedVisionTransformerTIMM
 from torch import nn
 
-from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec, to_unit
+from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
 from ssl_zoo.backbones import build_backbone, is_vit
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
@@ -77,6 +77,7 @@ class MAE(Method):
             nn.init.zeros_(layer.bias)
         self.augment = MultiViewAugment([cfg.view], cfg.normalize)
         self.normalize = Normalize(cfg.normalize)
+        self.eval_size = cfg.view.size  # the encoder's position embedding is fixed to this size
 
     def views(self, batch: Batch) -> Views:
         views = self.augment(batch.images)
@@ -111,24 +112,6 @@ class MAE(Method):
 
     def backbone(self) -> nn.Module:
         return self.encoder.vit
-
-    @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Features at the ViT's fixed input size: load-size images are centre-cropped (resized if smaller).
-
-        k-NN hands over images at data.load_size (e.g. 256) while the encoder only takes view.size
-        (e.g. 224): the usual resize-256 / centre-crop-224 evaluation.
-        """
-        x = to_unit(images)
-        size = tuple(self.encoder.vit.patch_embed.img_size)
-        h, w = x.shape[-2:]
-        if (h, w) != size:
-            if h >= size[0] and w >= size[1]:
-                top, left = (h - size[0]) // 2, (w - size[1]) // 2
-                x = x[..., top:top + size[0], left:left + size[1]]
-            else:
-                x = nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
-        return self.backbone()(self.normalize(x))
 
     @torch.no_grad()
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:

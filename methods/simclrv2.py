@@ -16,7 +16,6 @@ from torch import nn
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
 from ssl_zoo.backbones import build_backbone
 from ssl_zoo.config import ExperimentConfig, OptimConfig, bounded
-from ssl_zoo.data import Batch
 from ssl_zoo.methods.base import Method
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Progress
@@ -83,9 +82,6 @@ class SimCLRv2(Method):
         self.ntxent = NTXentLoss(temperature=cfg.temperature, gather_distributed=cfg.gather_distributed)
         self.augment = MultiViewAugment([cfg.view, cfg.view], cfg.normalize)
         self.normalize = Normalize(cfg.normalize)
-
-    def views(self, batch: Batch) -> Views:
-        return self.augment(batch.images)
 
     def loss(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
         """Official SimCLR loss: both directions summed = 2 x lightly's NT-Xent (which averages them)."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ssl_zoo.checkpoint import CheckpointError, load_checkpoint
 from ssl_zoo.config import load_config
 from ssl_zoo.data import build_dataset

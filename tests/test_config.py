@@ -27,6 +27,13 @@ def test_dotted_overrides_are_yaml_typed():
     assert cfg.train.compile is True
 
 
+def test_exponent_without_dot_is_a_number():
+    cfg = load_config({"method": {"name": "simclrv2"}}, ["optim.weight_decay=1e-5"])
+    assert cfg.optim.weight_decay == 1e-5
+    with pytest.raises(ConfigError, match=r"optim.weight_decay: expected a number, got 'lots'"):
+        load_config({"method": {"name": "simclrv2"}}, ["optim.weight_decay=lots"])
+
+
 def test_unknown_key_suggests_closest():
     with pytest.raises(ConfigError, match=r"unknown config key 'optim.base_lrr'.*Did you mean 'base_lr'"):
         load_config({"method": {"name": "simclrv2"}, "optim": {"base_lrr": 1.0}})

@@ -81,6 +81,17 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
+def center_crop_or_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Evaluation view: the central size x size square (resize-256 / crop-224 style), or a resize if smaller."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    if h >= size and w >= size:
+        top, left = (h - size) // 2, (w - size) // 2
+        return x[..., top:top + size, left:left + size]
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
 def sample_boxes(batch: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
                  device: torch.device, tries: int = 10) -> torch.Tensor:
     """RandomResizedCrop boxes (torchvision's rule, vectorised): (B, 4) pixel x1, y1, x2, y2 (exclusive)."""
