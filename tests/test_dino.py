@@ -221,9 +221,11 @@ def test_multicrop_runs_each_resolution_through_the_backbone_once(tmp_path):
     method.teacher.backbone.register_forward_hook(lambda m, i, o: calls["teacher"].append(tuple(i[0].shape)))
     torch.manual_seed(5)
     views = method.views(images(2))
-    assert [tuple(c.shape) for c in views.crops] == [(2, 3, 28, 28)] * 2 + [(2, 3, 12, 12)] * 8
+    local = method.cfg.local_view.size
+    assert local != 28
+    assert [tuple(c.shape) for c in views.crops] == [(2, 3, 28, 28)] * 2 + [(2, 3, local, local)] * 8
     method.training_step(views, progress(0))
-    assert calls["student"] == [(4, 3, 28, 28), (16, 3, 12, 12)]
+    assert calls["student"] == [(4, 3, 28, 28), (16, 3, local, local)]
     assert calls["teacher"] == [(4, 3, 28, 28)]
 
     # the grouped pass returns one output per crop, in crop order
