@@ -7,6 +7,7 @@ into `timm.create_model` without prefix surgery.
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass, field
 
 import timm
 from torch import nn
@@ -20,6 +21,36 @@ def _check_name(name: str) -> None:
     close = difflib.get_close_matches(name, timm.list_models(), n=3)
     hint = f" Close matches: {', '.join(close)}." if close else ""
     raise ConfigError(f"model.backbone: unknown timm architecture {name!r}.{hint}")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How a backbone was built, so the hub can rebuild it: timm name, constructor args, stem."""
+
+    architecture: str
+    model_args: dict = field(default_factory=dict)
+    stem: str = "imagenet"
+
+    @property
+    def timm_compatible(self) -> bool:
+        """Whether `timm.create_model(architecture, **model_args)` has this exact architecture."""
+        return self.stem != "cifar"
+
+
+def spec_of(model: nn.Module) -> BackboneSpec:
+    spec = getattr(model, "zoo_spec", None)
+    if not isinstance(spec, BackboneSpec):
+        raise TypeError(f"{type(model).__name__} was not built by ssl_zoo.backbones.build_backbone")
+    return spec
+
+
+def rebuild_backbone(spec: BackboneSpec, num_classes: int = 0) -> nn.Module:
+    """An untrained backbone of the same architecture (for loading exported weights)."""
+    model = timm.create_model(spec.architecture, num_classes=num_classes, **spec.model_args)
+    if spec.stem == "cifar":
+        cifar_stem(model)
+    model.zoo_spec = spec
+    return model
 
 
 def is_vit(model: nn.Module) -> bool:
@@ -51,4 +82,7 @@ def build_backbone(cfg: ModelConfig, in_chans: int = 3, img_size: int = 224, **o
         if not hasattr(model, "conv1") or not hasattr(model, "maxpool"):
             raise ConfigError(f"model.stem=cifar applies to ResNets only, not {cfg.backbone!r}")
         cifar_stem(model)
+    # drop_path only matters in training; num_classes is chosen by whoever loads the weights
+    build_args = {k: v for k, v in kwargs.items() if k not in ("num_classes", "drop_path_rate")}
+    model.zoo_spec = BackboneSpec(cfg.backbone, build_args, cfg.stem)
     return model

@@ -84,8 +84,13 @@ class SimCLRv2(Method):
         self.normalize = Normalize(cfg.normalize)
 
     def loss(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
-        """Official SimCLR loss: both directions summed = 2 x lightly's NT-Xent (which averages them)."""
-        return 2.0 * self.ntxent(z0, z1)
+        """Official SimCLR loss: both directions summed = 2 x lightly's NT-Xent (which averages them).
+
+        Computed in fp32 outside autocast: bf16 logits divided by tau=0.1 lose the small differences
+        between negatives.
+        """
+        with torch.autocast(z0.device.type, enabled=False):
+            return 2.0 * self.ntxent(z0.float(), z1.float())
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         both = torch.cat(views.crops[:2])

@@ -1,4 +1,4 @@
-"""`ssl-zoo` command line: methods, train, config show, eval knn."""
+"""`ssl-zoo` command line: methods, train, config show, eval knn, export, hub list/info/download."""
 
 from __future__ import annotations
 
@@ -54,6 +54,64 @@ def cmd_eval_knn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ssl_zoo.hub.export import export
+
+    folder = export(Path(args.source), args.name, Path(args.hub), overwrite=args.overwrite)
+    print(f"exported {args.name}: {folder} (index: {Path(args.hub) / 'index.json'})")
+    return 0
+
+
+def _size(num_bytes: object) -> str:
+    return f"{num_bytes / 2**20:.1f} MiB" if isinstance(num_bytes, (int, float)) else "?"
+
+
+def cmd_hub_list(args: argparse.Namespace) -> int:
+    from ssl_zoo.hub import open_hub
+
+    source = open_hub(args.hub)
+    models = source.index()["models"]
+    if not models:
+        print(f"hub {source} has no models")
+        return 0
+    rows = [("name", "architecture", "method", "dataset", "k-NN top-1", "size")]
+    for name, e in sorted(models.items()):
+        knn = e.get("metrics", {}).get("knn_top1")
+        rows.append((name, str(e.get("architecture")), str(e.get("method")), str(e.get("dataset")),
+                     f"{knn:.2f}%" if isinstance(knn, (int, float)) else "-", _size(e.get("size_bytes"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_hub_info(args: argparse.Namespace) -> int:
+    import json
+
+    from ssl_zoo.hub import read_model_config, resolve
+
+    folder, _ = resolve(args.name, args.hub, args.cache_dir)
+    config = read_model_config(folder)
+    meta = config["ssl_zoo"]
+    summary = {"name": args.name, "folder": str(folder), "architecture": config["architecture"],
+               "model_args": config.get("model_args", {}), "num_features": config.get("num_features"),
+               "pretrained_cfg": config["pretrained_cfg"],
+               **{k: meta.get(k) for k in ("method", "dataset", "steps", "stem", "timm_compatible", "metrics",
+                                           "sha256", "size_bytes", "exported")}}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_hub_download(args: argparse.Namespace) -> int:
+    from ssl_zoo.hub.loading import read_weights
+    from ssl_zoo.hub.source import resolve
+
+    folder, expected = resolve(args.name, args.hub, args.cache_dir)
+    read_weights(folder, expected)  # verified and readable, not just present
+    print(folder)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-zoo", description="Self-supervised vision pretraining zoo.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -84,11 +142,37 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--temperature", type=float, default=0.07)
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     q.set_defaults(func=cmd_eval_knn)
+
+    p = sub.add_parser("export", help="export a run's backbone into a hub folder (safetensors + timm config + card)")
+    p.add_argument("source", help="run directory or checkpoint file (.pt)")
+    p.add_argument("--name", required=True, help="model name in the hub (letters, digits, . _ -)")
+    p.add_argument("--hub", required=True, help="hub folder; created if missing, index.json updated")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("hub", help="list, inspect and download hub models")
+    hsub = p.add_subparsers(dest="hub_command", required=True, metavar="SUBCOMMAND")
+    hub_help = "hub folder or URL (file://, http(s)://); default $SSL_ZOO_HUB"
+    cache_help = "download cache; default $SSL_ZOO_CACHE or ~/.cache/ssl_zoo"
+    q = hsub.add_parser("list", help="table of the hub's models")
+    q.add_argument("--hub", help=hub_help)
+    q.set_defaults(func=cmd_hub_list)
+    q = hsub.add_parser("info", help="architecture, input, provenance and metrics of one model (JSON)")
+    q.add_argument("name", help="hub name, model folder, URL or hf-hub:org/name")
+    q.add_argument("--hub", help=hub_help)
+    q.add_argument("--cache-dir", help=cache_help)
+    q.set_defaults(func=cmd_hub_info)
+    q = hsub.add_parser("download", help="download and verify (sha256) a model into the cache; prints its folder")
+    q.add_argument("name", help="hub name, URL or hf-hub:org/name")
+    q.add_argument("--hub", help=hub_help)
+    q.add_argument("--cache-dir", help=cache_help)
+    q.set_defaults(func=cmd_hub_download)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from ssl_zoo.data import DataError
+    from ssl_zoo.hub import HubError
     from ssl_zoo.trainer import NonFiniteLossError
 
     parser = build_parser()
@@ -100,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.extend(extra)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, NonFiniteLossError) as e:
+    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, HubError) as e:
         print(f"ssl-zoo: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

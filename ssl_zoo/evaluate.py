@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ssl_zoo.checkpoint import CheckpointError, load_checkpoint
-from ssl_zoo.config import load_config
+from ssl_zoo.config import ExperimentConfig, load_config
 from ssl_zoo.data import build_dataset
 from ssl_zoo.eval.knn import knn_eval
 from ssl_zoo.methods.base import Method, build_method
@@ -23,18 +24,28 @@ def resolve_checkpoint(source: Path) -> Path:
     return source
 
 
-def load_method(source: Path, overrides: list[str] | None = None) -> tuple[Method, object]:
-    """The trained method and its config (stored in the checkpoint, plus overrides)."""
-    state = load_checkpoint(resolve_checkpoint(source))
+@dataclass
+class TrainedRun:
+    method: Method
+    cfg: ExperimentConfig
+    step: int
+    checkpoint: Path
+
+
+def load_method(source: Path, overrides: list[str] | None = None) -> TrainedRun:
+    """The trained method in eval mode, its config (stored in the checkpoint, plus overrides), its step."""
+    path = resolve_checkpoint(source)
+    state = load_checkpoint(path)
     cfg = load_config(state["config"], overrides)
     method = build_method(cfg)
     method.load_state_dict(state["model"])
-    return method.eval(), cfg
+    return TrainedRun(method.eval(), cfg, int(state["step"]), path)
 
 
 def evaluate_knn(source: Path, overrides: list[str] | None = None, k: int = 20, temperature: float = 0.07,
                  device: str = "auto") -> float:
-    method, cfg = load_method(source, overrides)
+    run = load_method(source, overrides)
+    method, cfg = run.method, run.cfg
     dev = pick_device(device)
     method.to(dev)
     data_cfg = cfg.data

@@ -1,0 +1,86 @@
+"""Turn a verified model folder into a ready model: timm's own loader, or the zoo's for non-timm stems."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import timm
+from timm.models import PretrainedCfg
+from torch import nn
+
+from ssl_zoo.backbones import BackboneSpec, rebuild_backbone
+from ssl_zoo.hub.download import sha256_file
+from ssl_zoo.hub.index import HubError
+from ssl_zoo.hub.source import CONFIG_FILE, WEIGHTS_FILE, resolve
+
+_PRETRAINED_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
+
+
+def read_model_config(folder: Path) -> dict:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise HubError(f"{folder} is not a hub model folder: no {CONFIG_FILE}")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HubError(f"{path} is not valid JSON: {e}") from e
+    missing = [k for k in ("architecture", "pretrained_cfg", "ssl_zoo") if k not in config]
+    if missing:
+        raise HubError(f"{path} lacks {', '.join(missing)}: not an ssl-zoo export")
+    return config
+
+
+def read_weights(folder: Path, expected_sha256: str | None = None) -> tuple[dict, dict]:
+    """(state dict, config) after checking the file's sha256 against the config and the index."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config = read_model_config(folder)
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise HubError(f"no {WEIGHTS_FILE} in {folder}")
+    actual = sha256_file(path)
+    for source, expected in (("config.json", config["ssl_zoo"].get("sha256")), ("the hub index", expected_sha256)):
+        if expected and expected != actual:
+            raise HubError(f"sha256 mismatch for {path}: {source} says {expected}, the file has {actual}")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise HubError(f"{path} is not a readable safetensors file: {e}") from e
+    return state, config
+
+
+def build_from_folder(folder: Path, num_classes: int = 0, expected_sha256: str | None = None) -> nn.Module:
+    """The exported backbone (timm model where timm has the architecture), classifier reset to `num_classes`."""
+    state, config = read_weights(folder, expected_sha256)
+    meta = config["ssl_zoo"]
+    spec = BackboneSpec(config["architecture"], config.get("model_args", {}), meta.get("stem", "imagenet"))
+    pretrained_cfg = {k: v for k, v in config["pretrained_cfg"].items() if k in _PRETRAINED_FIELDS}
+    try:
+        if spec.timm_compatible:
+            model = timm.create_model(spec.architecture, pretrained=True, num_classes=num_classes,
+                                      pretrained_cfg_overlay=dict(pretrained_cfg, state_dict=state),
+                                      **spec.model_args)
+            model.zoo_spec = spec
+        else:
+            model = rebuild_backbone(spec)
+            model.load_state_dict(state, strict=True)
+            model.pretrained_cfg = dict(model.pretrained_cfg, **pretrained_cfg)
+            if num_classes:
+                model.reset_classifier(num_classes)
+    except RuntimeError as e:  # missing/unexpected keys or shape mismatches
+        raise HubError(f"weights in {folder} do not fit {spec.architecture} {spec.model_args}: {e}") from e
+    return model.eval()
+
+
+def load(spec: str | Path, hub: str | Path | None = None, num_classes: int = 0,
+         cache_dir: str | Path | None = None, progress: bool = True) -> nn.Module:
+    """A pretrained backbone from a hub name, a model folder, a `file://`/`http(s)://` URL or `hf-hub:org/name`.
+
+    `hub` (or $SSL_ZOO_HUB) is needed for names; downloads go to `cache_dir` (or $SSL_ZOO_CACHE,
+    default ~/.cache/ssl_zoo). `num_classes=0` returns pooled features.
+    """
+    folder, expected = resolve(spec, hub, cache_dir, progress)
+    return build_from_folder(folder, num_classes, expected)
