@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 FMNIST ?= /usr/share/datasets/fashion-mnist
 CONFIG ?= configs/simclrv2/resnet18_fashion_mnist.yaml
 
-.PHONY: install data train test benchmark clean
+.PHONY: install data slurm train test benchmark clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,14 @@ data:
 	  exit 1; \
 	fi
 
+# the real single-node SLURM cluster the submission tests use (installs Debian packages as root)
+slurm:
+	slurm/local-cluster.sh up >/dev/null
+
 train: $(STAMP) data
 	$(VENV)/bin/ssl-zoo train $(CONFIG) $(ARGS)
 
-test: $(STAMP) data
+test: $(STAMP) data slurm
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 benchmark: $(STAMP) data

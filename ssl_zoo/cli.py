@@ -1,4 +1,4 @@
-"""`ssl-zoo` command line: methods, train, config show, eval knn, export, hub list/info/download."""
+"""`ssl-zoo` command line: methods, train, config show, eval knn, submit, jobs, cancel, export, hub."""
 
 from __future__ import annotations
 
@@ -112,6 +112,50 @@ def cmd_hub_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ssl_zoo.launch.profile import load_profile
+    from ssl_zoo.launch.submit import submit
+
+    profile = load_profile(args.cluster, {"nodes": args.nodes, "gpus_per_node": args.gpus_per_node,
+                                          "tasks_per_node": args.tasks_per_node, "partition": args.partition,
+                                          "time_min": args.time})
+    submitted = submit(args.config, profile, args.overrides, args.sweep)
+    for s in submitted:
+        print(f"job {s.job_id} ({profile.executor}, profile {profile.name})\n  run dir: {s.run_dir}\n"
+              f"  stdout: {s.stdout}\n  stderr: {s.stderr}")
+    if args.wait or profile.executor == "debug":  # the debug executor runs in this process, now
+        for s in submitted:
+            print(f"job {s.job_id}: {s.job.results()[0]}")  # rank 0's summary
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from ssl_zoo.launch.status import find_records, job_view, log_tail
+
+    views = [job_view(p) for p in find_records(Path(args.run_dir))]
+    if not views:
+        print(f"no submitted runs under {args.run_dir}")
+        return 0
+    rows = [("job", "executor", "state", "exit", "step", "loss", "run dir", "log")]
+    for v in views:
+        rows.append((v.job_id, v.executor, v.state, v.exit_code, "-" if v.step is None else str(v.step),
+                     "-" if v.loss is None else f"{v.loss:.4f}", str(v.run_dir), str(v.stdout)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for v in views:
+        if v.failed:
+            print(f"\n--- job {v.job_id} {v.state} (exit {v.exit_code}); last lines of {v.stderr}:\n{log_tail(v.stderr)}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from ssl_zoo.launch.status import cancel
+
+    print(cancel(args.job, Path(args.runs)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-zoo", description="Self-supervised vision pretraining zoo.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -142,6 +186,31 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--temperature", type=float, default=0.07)
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     q.set_defaults(func=cmd_eval_knn)
+
+    p = sub.add_parser("submit", help="submit training through submitit (SLURM, or local/debug on this machine)",
+                       epilog=EPILOG + ". Profiles: slurm/<name>.yaml or a path; built in: local, debug.")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides for every job")
+    p.add_argument("--cluster", required=True, metavar="PROFILE",
+                   help="slurm/<PROFILE>.yaml, a profile path, 'local' (subprocesses) or 'debug' (in-process)")
+    p.add_argument("--nodes", type=int, help="override the profile's nodes")
+    p.add_argument("--gpus-per-node", type=int, help="override the profile's GPUs per node (one rank per GPU)")
+    p.add_argument("--tasks-per-node", type=int, help="ranks per node (default: GPUs per node, or 1)")
+    p.add_argument("--partition", help="override the profile's partition")
+    p.add_argument("--time", type=int, help="time limit in minutes")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="one job array over the product of all --sweep axes (repeatable)")
+    p.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="state, step, last loss and logs of submitted runs")
+    p.add_argument("run_dir", nargs="?", default="runs", help="a run directory or a folder of runs (default runs/)")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("cancel", help="cancel a submitted job (SLURM: scancel; local: SIGTERM, which checkpoints)")
+    p.add_argument("job", help="job id or run directory")
+    p.add_argument("--runs", default="runs", help="where to look up job ids (default runs/)")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("export", help="export a run's backbone into a hub folder (safetensors + timm config + card)")
     p.add_argument("source", help="run directory or checkpoint file (.pt)")

@@ -49,7 +49,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "resnet18"  # any timm model name
-    stem: Literal["imagenet", "cifar"] = "imagenet"  # ResNets: cifar = 3x3 stride-1 conv, no max-pool
+    stem: Literal["imagenet", "cifar", "no_maxpool"] = "imagenet"  # ResNets: cifar = 3x3/1 conv, no max-pool
     img_size: int = bounded(0, 0)  # ViTs: 0 = data.load_size
     patch_size: int = bounded(0, 0)  # ViTs: 0 = timm default
     drop_path_rate: float = bounded(0.0, 0.0, 1.0)

@@ -1,0 +1,1 @@
+"""Launching runs through submitit: cluster profiles, the resumable job, submission and job status."""

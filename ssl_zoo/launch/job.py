@@ -1,0 +1,104 @@
+"""The callable submitit runs on every task: one rank of a training run, requeued on SLURM's warning.
+
+Rank layout and the rendezvous address come from submitit's JobEnvironment and are handed to the
+trainer as torchrun-style variables. On SIGUSR2 (time limit or preemption) the trainer writes its
+checkpoint at the next step boundary; rank 0 then gives the signal to submitit's own handler,
+which calls `checkpoint()` (a fresh job on the same run directory) and requeues the job. The
+requeued job resumes from that checkpoint: same step, same data position.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import signal
+import traceback
+from pathlib import Path
+
+import submitit
+import torch
+
+from ssl_zoo.config import load_config
+
+
+def rendezvous_env(env: submitit.JobEnvironment) -> dict[str, str]:
+    """torchrun-style variables for this task (the job id picks a port, so jobs on one node don't clash)."""
+    return {
+        "RANK": str(env.global_rank), "WORLD_SIZE": str(env.num_tasks), "LOCAL_RANK": str(env.local_rank),
+        "MASTER_ADDR": env.hostnames[0] if env.hostnames else "127.0.0.1",
+        "MASTER_PORT": str(20000 + int("".join(filter(str.isdigit, str(env.job_id))) or 0) % 20000),
+    }
+
+
+def write_status(folder: Path, state: str, **extra) -> None:
+    """job_status.json: what `ssl-zoo jobs` shows for executors without a scheduler to ask."""
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"state": state, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              **extra}
+    tmp = folder / f".job_status.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, folder / "job_status.json")
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 over a module's parameters: equal on every rank of a correct DDP run, cheap to compare.
+
+    Buffers are left out: without SyncBatchNorm (CPU/gloo) each rank keeps its own BN running stats.
+    """
+    digest = hashlib.sha256()
+    for key, value in sorted(module.named_parameters()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class TrainJob:
+    """Train `config` (a resolved config as plain data) under submitit; resumable by construction."""
+
+    def __init__(self, config: dict, max_requeues: int = 3) -> None:
+        self.config = config
+        self.max_requeues = max_requeues
+
+    def __call__(self) -> dict:
+        from ssl_zoo.trainer import Trainer
+
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            os.environ.update(rendezvous_env(env))
+        cfg = load_config(self.config)
+        run_dir = Path(cfg.train.output_dir) / cfg.train.name
+        main = env.global_rank == 0
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        if main:
+            write_status(run_dir, "RUNNING", job_id=str(env.job_id), restarts=restarts)
+        try:
+            trainer = Trainer(cfg, progress_bar=False)
+            result = trainer.fit()
+        except BaseException as e:
+            if main:
+                write_status(run_dir, "FAILED", exit_code=1, error=f"{type(e).__name__}: {e}",
+                             traceback=traceback.format_exc()[-4000:])
+            raise  # submitit records the error; the job ends FAILED and is not requeued
+        summary = {"run_dir": str(result.run_dir), "status": result.status, "step": result.step,
+                   "knn_top1": result.knn_top1, "restarts": restarts, "rank": env.global_rank,
+                   "world_size": trainer.dist.world_size, "weights_sha256": weights_digest(trainer.method)}
+        if result.status == "completed":
+            if main:
+                write_status(run_dir, "COMPLETED", exit_code=0, **summary)
+            return summary
+        handler = signal.getsignal(signal.SIGUSR2)  # submitit's: checkpoint() -> requeue -> exit
+        if main and result.signal == signal.SIGUSR2 and callable(handler) and restarts < self.max_requeues:
+            write_status(run_dir, "REQUEUED", **summary)
+            handler(signal.SIGUSR2, None)
+        if main:
+            reason = (f"{restarts} requeues used (max_requeues={self.max_requeues})"
+                      if result.signal == signal.SIGUSR2 else f"signal {result.signal}")
+            print(f"not requeued ({reason}); the checkpoint at step {result.step} is kept", flush=True)
+            write_status(run_dir, "INTERRUPTED", **summary)
+        return summary
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        """Requeue the same run: the trainer resumes from its newest checkpoint (train.resume)."""
+        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.max_requeues))

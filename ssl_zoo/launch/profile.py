@@ -1,0 +1,72 @@
+"""Cluster profiles: what a SLURM cluster needs on every submission (slurm/<name>.yaml or a path).
+
+`local` (submitit's local executor: subprocesses on this machine) and `debug` (in-process) are
+built in and need no file: the single-node debug path runs without SLURM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from ssl_zoo.config import ConfigError, bounded, build_dataclass
+
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm"
+BUILTIN = ("local", "debug")
+
+
+@dataclass
+class ClusterProfile:
+    name: str = ""
+    executor: Literal["slurm", "local", "debug"] = "slurm"
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    nodes: int = bounded(1, 1)
+    gpus_per_node: int = bounded(0, 0)  # one task (rank) per GPU
+    tasks_per_node: int = bounded(0, 0)  # 0: gpus_per_node, or 1 without GPUs (CPU ranks in tests)
+    cpus_per_task: int = bounded(1, 1)
+    mem_gb: float = bounded(0.0, 0.0)  # per node; 0: the partition's default
+    time_min: int = bounded(60, 1)
+    signal_delay_s: int = bounded(120, 0)  # USR2 this long before the time limit: time to checkpoint
+    max_requeues: int = bounded(3, 0)  # preemptions/timeouts survived before the job gives up
+    sbatch_extra: dict = field(default_factory=dict)  # further #SBATCH options, e.g. {exclusive: true}
+    setup: list[str] = field(default_factory=list)  # shell lines before the job: module loads, venv activation
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.tasks_per_node or self.gpus_per_node or 1
+
+
+def profile_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return path
+    return PROFILE_DIR / f"{name}.yaml"
+
+
+def available_profiles() -> list[str]:
+    return sorted([*BUILTIN, *(p.stem for p in PROFILE_DIR.glob("*.yaml"))])
+
+
+def load_profile(name: str, overrides: dict | None = None) -> ClusterProfile:
+    """The profile `name` (built-in, slurm/<name>.yaml, or a YAML path) with CLI flags applied."""
+    if name in BUILTIN:
+        raw: dict = {"executor": name}
+    else:
+        path = profile_path(name)
+        if not path.is_file():
+            raise ConfigError(f"unknown cluster profile {name!r}: no file {path}. "
+                              f"Available: {', '.join(available_profiles())} (or a path to a YAML profile)")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a profile is a mapping of settings")
+    raw = {"name": Path(name).stem, **raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return build_dataclass(ClusterProfile, raw, "profile")

@@ -1,0 +1,210 @@
+"""Launching through submitit: a real single-node SLURM cluster (slurm/local-cluster.sh), local and debug executors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ssl_zoo.checkpoint import load_checkpoint
+from ssl_zoo.cli import main as cli_main
+from ssl_zoo.config import ConfigError
+from ssl_zoo.launch.job import rendezvous_env
+from ssl_zoo.launch.profile import load_profile
+from ssl_zoo.launch.status import find_records, job_view
+from ssl_zoo.launch.submit import submit, sweep_product
+from tests.conftest import ROOT, tiny_config
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """Start (or reuse) the local cluster; a cluster that cannot start fails the tests with its log."""
+    out = subprocess.run([str(ROOT / "slurm/local-cluster.sh"), "up"], capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        pytest.fail(f"slurm/local-cluster.sh up failed:\n{out.stderr[-4000:]}")
+    return out.stdout.strip()
+
+
+def config_file(tmp_path: Path, name: str = "tiny", **train) -> Path:
+    """The tiny SimCLRv2 config, single-threaded (the same float results in every process)."""
+    cfg = tiny_config("simclrv2", tmp_path, train={"name": name, "threads": 1, "max_steps": 4, **train})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir / "checkpoints/last.pt")["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def wait_for_step(run_dir: Path, step: int, timeout: float = 120) -> None:
+    log = run_dir / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if log.is_file():
+            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            if rows and rows[-1]["step"] >= step:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{run_dir} did not reach step {step}")
+
+
+def settled(record: Path, timeout: float = 30):
+    """The job's view once SLURM has recorded its end (the result file appears a moment earlier)."""
+    deadline = time.time() + timeout
+    view = job_view(record)
+    while view.state in ("RUNNING", "PENDING", "COMPLETING") and time.time() < deadline:
+        time.sleep(0.2)
+        view = job_view(record)
+    return view
+
+
+# ----------------------------------------------------------------------------- no scheduler needed
+
+
+def test_profiles_builtin_file_and_errors(tmp_path):
+    assert load_profile("debug").executor == "debug" and load_profile("local").executor == "local"
+    p = load_profile("localhost", {"nodes": 2, "partition": None})
+    assert (p.executor, p.partition, p.nodes, p.ranks_per_node) == ("slurm", "debug", 2, 1)
+    assert load_profile("example").ranks_per_node == 8  # one rank per GPU
+    with pytest.raises(ConfigError, match=r"unknown cluster profile 'nope'.*Available: .*localhost"):
+        load_profile("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("partition: x\nnodez: 2\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'profile.nodez'.*nodes"):
+        load_profile(str(bad))
+    bad.write_text("executor: kubernetes\n")
+    with pytest.raises(ConfigError, match="kubernetes"):
+        load_profile(str(bad))
+
+
+def test_sweep_product_and_bad_sweeps():
+    assert sweep_product(["a=1,2", "b=x,y"]) == [["a=1", "b=x"], ["a=1", "b=y"], ["a=2", "b=x"], ["a=2", "b=y"]]
+    assert sweep_product([]) == [[]]
+    with pytest.raises(ConfigError, match="key.sub=value1,value2"):
+        sweep_product(["a"])
+
+
+def test_rendezvous_env_from_job_environment():
+    class Env:
+        global_rank, num_tasks, local_rank, hostnames, job_id = 3, 4, 1, ["node7", "node8"], "1234_5"
+
+    env = rendezvous_env(Env())
+    assert env == {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node7",
+                   "MASTER_PORT": str(20000 + 12345 % 20000)}
+
+
+def test_bad_config_fails_at_submit_before_queueing(tmp_path, capsys):
+    path = config_file(tmp_path)
+    assert cli_main(["submit", str(path), "--cluster", "debug", "optim.base_lr=-1"]) == 2
+    assert "optim.base_lr" in capsys.readouterr().err
+    assert not find_records(tmp_path / "runs")
+
+
+def test_local_and_debug_executors_give_the_same_run(tmp_path):
+    results = {}
+    for executor in ("local", "debug"):
+        out = tmp_path / executor
+        (s,) = submit(str(config_file(tmp_path, f"{executor}_run")), load_profile(executor),
+                      [f"train.output_dir={out}"])
+        results[executor] = s.job.results()[0]
+        assert results[executor]["status"] == "completed" and results[executor]["step"] == 4
+        assert job_view(s.run_dir / "job.json").state == "COMPLETED"
+    assert results["local"]["weights_sha256"] == results["debug"]["weights_sha256"]
+    assert_same_weights(final_weights(tmp_path / "local/local_run"), final_weights(tmp_path / "debug/debug_run"))
+
+
+# ----------------------------------------------------------------------------- real SLURM
+
+
+@pytest.mark.slurm
+def test_submit_tiny_fashion_mnist_run_completes(slurm_cluster, tmp_path, capsys):
+    cfg = tiny_config("simclrv2", tmp_path, data="fashion_mnist", train={"threads": 1, "max_steps": 3})
+    cfg["data"]["limit"] = 256
+    path = tmp_path / "fmnist.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli_main(["submit", str(path), "--cluster", "localhost", "--wait"]) == 0
+    out = capsys.readouterr().out
+    job_id = out.split()[1]
+    run_dir = tmp_path / "runs/simclrv2_test"
+    assert f"run dir: {run_dir}" in out and "stdout: " in out
+    assert (run_dir / "checkpoints/last.pt").is_file() and (run_dir / "metrics.jsonl").is_file()
+    assert load_checkpoint(run_dir / "checkpoints/last.pt")["step"] == 3
+    view = settled(run_dir / "job.json")
+    assert (view.job_id, view.executor, view.state, view.step) == (job_id, "slurm", "COMPLETED", 3)
+    assert cli_main(["jobs", str(tmp_path / "runs")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["job", "executor", "state", "exit"]
+    assert table[1].split()[:5] == [job_id, "slurm", "COMPLETED", "0:0", "3"]
+
+
+@pytest.mark.slurm
+def test_two_task_job_trains_with_world_size_2_and_ranks_agree(slurm_cluster, tmp_path):
+    (s,) = submit(str(config_file(tmp_path, "ddp")), load_profile("localhost", {"tasks_per_node": 2}), [])
+    rank0, rank1 = s.job.results()
+    assert (rank0["rank"], rank1["rank"]) == (0, 1) and rank0["world_size"] == rank1["world_size"] == 2
+    assert rank0["weights_sha256"] == rank1["weights_sha256"]
+    assert "global_rank=1(2)" in s.job.paths.stdout.parent.joinpath(f"{s.job_id}_1_log.out").read_text()
+
+
+@pytest.mark.slurm
+def test_preempted_job_is_requeued_and_resumes_to_the_same_weights(slurm_cluster, tmp_path):
+    profile = load_profile("localhost")
+    (plain,) = submit(str(config_file(tmp_path, "plain", max_steps=24)), profile, [])
+    (pre,) = submit(str(config_file(tmp_path, "preempted", max_steps=24)), profile, [])
+    wait_for_step(pre.run_dir, 4)
+    subprocess.run(["scancel", "--signal=USR2", pre.job_id], check=True)  # SLURM's pre-timeout/preemption signal
+    result = pre.job.result()
+    assert result["status"] == "completed" and result["step"] == 24 and result["restarts"] == 1
+    log = pre.stdout.read_text()
+    saved = int(log.split("checkpoint written at step ")[1].split(":")[0])
+    assert 4 <= saved < 24 and f"at step {saved}" in log.split("resumed from")[1]
+    assert plain.job.result()["weights_sha256"] == result["weights_sha256"]
+    assert_same_weights(final_weights(plain.run_dir), final_weights(pre.run_dir))
+
+
+@pytest.mark.slurm
+def test_failing_job_is_not_requeued_and_reports_its_error(slurm_cluster, tmp_path, capsys):
+    path = config_file(tmp_path, "broken")
+    (s,) = submit(str(path), load_profile("localhost"),
+                  ["data.kind=fashion_mnist", f"data.path={tmp_path / 'no_such_dataset'}"])
+    with pytest.raises(Exception):  # submitit's FailedJobError
+        s.job.result()
+    view = settled(s.run_dir / "job.json")
+    assert view.state == "FAILED" and view.exit_code not in ("", "0:0")
+    job = subprocess.run(["scontrol", "show", "job", s.job_id], capture_output=True, text=True).stdout
+    assert "JobState=FAILED" in job and "Restarts=0" in job  # not requeued
+    time.sleep(3)  # a requeue would have put it back in the queue by now
+    assert subprocess.run(["squeue", "-h", "-j", s.job_id], capture_output=True, text=True).stdout.strip() == ""
+    status = json.loads((s.run_dir / "job_status.json").read_text())
+    assert status["state"] == "FAILED" and "no_such_dataset" in status["error"]
+    assert cli_main(["jobs", str(s.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"job {s.job_id} FAILED" in out and "no_such_dataset" in out
+
+
+@pytest.mark.slurm
+def test_sweep_array_gives_each_element_its_own_run(slurm_cluster, tmp_path, capsys):
+    path = config_file(tmp_path, "sweep", max_steps=2)
+    assert cli_main(["submit", str(path), "--cluster", "localhost", "--sweep", "optim.base_lr=0.3,0.1",
+                     "--wait"]) == 0
+    capsys.readouterr()
+    records = find_records(tmp_path / "runs/sweep")
+    assert len(records) == 2
+    run_dirs = sorted(r.parent for r in records)
+    assert [d.name for d in run_dirs] == ["000_base_lr=0.3", "001_base_lr=0.1"]
+    lrs = [yaml.safe_load((d / "config.yaml").read_text())["optim"]["base_lr"] for d in run_dirs]
+    assert lrs == [0.3, 0.1]
+    job_ids = [json.loads(r.read_text())["job_id"] for r in sorted(records)]
+    assert len({j.split("_")[0] for j in job_ids}) == 1 and job_ids[0] != job_ids[1]  # one array, two elements
+    assert all(settled(r).state == "COMPLETED" for r in records)
