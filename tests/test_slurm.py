@@ -148,13 +148,21 @@ def test_submit_tiny_fashion_mnist_run_completes(slurm_cluster, tmp_path, capsys
     assert table[1].split()[:5] == [job_id, "slurm", "COMPLETED", "0:0", "3"]
 
 
+def logged_lr(run_dir: Path) -> list[float]:
+    return [json.loads(x)["lr"] for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
 @pytest.mark.slurm
 def test_two_task_job_trains_with_world_size_2_and_ranks_agree(slurm_cluster, tmp_path):
     (s,) = submit(str(config_file(tmp_path, "ddp")), load_profile("localhost", {"tasks_per_node": 2}), [])
+    (single,) = submit(str(config_file(tmp_path, "single")), load_profile("debug"), [])
     rank0, rank1 = s.job.results()
     assert (rank0["rank"], rank1["rank"]) == (0, 1) and rank0["world_size"] == rank1["world_size"] == 2
     assert rank0["weights_sha256"] == rank1["weights_sha256"]
     assert "global_rank=1(2)" in s.job.paths.stdout.parent.joinpath(f"{s.job_id}_1_log.out").read_text()
+    single.job.results()
+    # linear lr scaling on the global batch: 2 ranks x 32 images = twice the lr of one rank
+    assert logged_lr(s.run_dir) == pytest.approx([2 * lr for lr in logged_lr(single.run_dir)])
 
 
 @pytest.mark.slurm
@@ -208,3 +216,18 @@ def test_sweep_array_gives_each_element_its_own_run(slurm_cluster, tmp_path, cap
     job_ids = [json.loads(r.read_text())["job_id"] for r in sorted(records)]
     assert len({j.split("_")[0] for j in job_ids}) == 1 and job_ids[0] != job_ids[1]  # one array, two elements
     assert all(settled(r).state == "COMPLETED" for r in records)
+
+
+@pytest.mark.slurm
+def test_cancel_by_run_dir_stops_the_job(slurm_cluster, tmp_path, capsys):
+    (s,) = submit(str(config_file(tmp_path, "long", max_steps=100000)), load_profile("localhost"), [])
+    wait_for_step(s.run_dir, 1)
+    assert cli_main(["cancel", str(s.run_dir)]) == 0
+    assert f"scancel {s.job_id}" in capsys.readouterr().out
+    assert settled(s.run_dir / "job.json").state.startswith("CANCELLED")
+
+
+@pytest.mark.slurm
+def test_local_cluster_status_reports_a_usable_node(slurm_cluster):
+    out = subprocess.run([str(ROOT / "slurm/local-cluster.sh"), "status"], capture_output=True, text=True)
+    assert out.returncode == 0 and "slurmctld: running" in out.stdout and slurm_cluster in out.stdout
