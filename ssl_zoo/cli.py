@@ -90,7 +90,7 @@ def cmd_hub_info(args: argparse.Namespace) -> int:
 
     from ssl_zoo.hub import read_model_config, resolve
 
-    folder, _ = resolve(args.name, args.hub, args.cache_dir)
+    folder, _ = resolve(args.name, args.hub, args.cache_dir, weights=False)
     config = read_model_config(folder)
     meta = config["ssl_zoo"]
     summary = {"name": args.name, "folder": str(folder), "architecture": config["architecture"],

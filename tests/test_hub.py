@@ -363,6 +363,9 @@ def test_cli_export_list_info_download(exported, tmp_path, capsys):
     assert info["architecture"] == "resnet18" and info["method"] == "simclrv2" and info["steps"] == 2
     server, url = serve(hub_dir)
     try:
+        assert cli_main(["hub", "info", "r18", "--hub", url, "--cache-dir", str(tmp_path / "info")]) == 0
+        assert json.loads(capsys.readouterr().out)["sha256"] == info["sha256"]
+        assert not list((tmp_path / "info").rglob("model.safetensors"))  # info fetches the config only
         assert cli_main(["hub", "download", "r18", "--hub", url, "--cache-dir", str(tmp_path / "c")]) == 0
     finally:
         server.shutdown()

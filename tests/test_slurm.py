@@ -17,7 +17,7 @@ from ssl_zoo.config import ConfigError
 from ssl_zoo.launch.job import rendezvous_env
 from ssl_zoo.launch.profile import load_profile
 from ssl_zoo.launch.status import find_records, job_view
-from ssl_zoo.launch.submit import submit, sweep_product
+from ssl_zoo.launch.submit import make_executor, submit, sweep_product
 from tests.conftest import ROOT, tiny_config
 
 
@@ -86,6 +86,18 @@ def test_profiles_builtin_file_and_errors(tmp_path):
     bad.write_text("executor: kubernetes\n")
     with pytest.raises(ConfigError, match="kubernetes"):
         load_profile(str(bad))
+
+
+def test_profile_becomes_the_sbatch_script(tmp_path):
+    """Every profile key reaches sbatch (submitit's generated script; no cluster needed)."""
+    executor = make_executor(load_profile("example", {"nodes": 4}), tmp_path, "myrun")
+    script = executor._make_submission_file_text("python -m x", "uid")
+    for line in ("--account=my-project", "--constraint=a100", "--cpus-per-task=10", "--exclusive",
+                 "--gpus-per-node=8", "--job-name=myrun", "--mem=491520M", "--nodes=4", "--ntasks-per-node=8",
+                 "--partition=gpu", "--qos=normal", "--signal=USR2@120", "--time=1440"):
+        assert f"#SBATCH {line}\n" in script, line
+    assert "module load cuda/12.4\nsource $HOME/venvs/ssl-zoo/bin/activate\n" in script
+    assert "srun " in script  # one task per rank
 
 
 def test_sweep_product_and_bad_sweeps():

@@ -53,7 +53,7 @@ class LocalHub:
             raise HubError(f"hub folder {self.root} does not exist")
         return read_local_index(self.root)
 
-    def fetch(self, name: str, entry: dict, cache: Path, progress: bool) -> Path:
+    def fetch(self, name: str, entry: dict, cache: Path, progress: bool, weights: bool = True) -> Path:
         return model_folder(self.root, name, entry)
 
 
@@ -73,9 +73,9 @@ class HttpHub:
     def cache_folder(self, name: str, cache: Path) -> Path:
         return cache / "hubs" / _url_key(self.url) / name
 
-    def fetch(self, name: str, entry: dict, cache: Path, progress: bool) -> Path:
+    def fetch(self, name: str, entry: dict, cache: Path, progress: bool, weights: bool = True) -> Path:
         base = self.url + urllib.parse.quote(entry["path"].strip("/")) + "/"
-        return fetch_folder(base, self.cache_folder(name, cache), entry.get("sha256"), progress)
+        return fetch_folder(base, self.cache_folder(name, cache), entry.get("sha256"), progress, weights)
 
 
 def open_hub(hub: str | Path | None) -> LocalHub | HttpHub:
@@ -90,10 +90,11 @@ def open_hub(hub: str | Path | None) -> LocalHub | HttpHub:
     return LocalHub(Path(location).expanduser())
 
 
-def fetch_folder(base_url: str, dest: Path, sha256: str | None, progress: bool) -> Path:
-    """Download one model folder (config, weights, card) from `base_url` into `dest`."""
+def fetch_folder(base_url: str, dest: Path, sha256: str | None, progress: bool, weights: bool = True) -> Path:
+    """Download one model folder (config, weights unless not wanted, card) from `base_url` into `dest`."""
     download(base_url + CONFIG_FILE, dest / CONFIG_FILE, progress=False)
-    download(base_url + WEIGHTS_FILE, dest / WEIGHTS_FILE, sha256=sha256, progress=progress)
+    if weights:
+        download(base_url + WEIGHTS_FILE, dest / WEIGHTS_FILE, sha256=sha256, progress=progress)
     try:
         download(base_url + CARD_FILE, dest / CARD_FILE, progress=False)
     except HubError:
@@ -101,14 +102,15 @@ def fetch_folder(base_url: str, dest: Path, sha256: str | None, progress: bool) 
     return dest
 
 
-def fetch_hf(repo: str, revision: str | None) -> Path:
+def fetch_hf(repo: str, revision: str | None, weights: bool = True) -> Path:
     """The snapshot folder of `org/name` through huggingface_hub (its cache; offline from it)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         config = hf_hub_download(repo, CONFIG_FILE, revision=revision)
-        hf_hub_download(repo, WEIGHTS_FILE, revision=revision)
+        if weights:
+            hf_hub_download(repo, WEIGHTS_FILE, revision=revision)
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
         raise HubError(f"cannot get hf-hub:{repo} ({type(e).__name__}: {e}). Offline, the files must already "
                        "be in the Hugging Face cache ($HF_HUB_CACHE)") from e
@@ -116,16 +118,19 @@ def fetch_hf(repo: str, revision: str | None) -> Path:
 
 
 def resolve(spec: str | Path, hub: str | Path | None = None, cache_dir: str | Path | None = None,
-            progress: bool = True) -> tuple[Path, str | None]:
-    """A local model folder for a name, folder, URL or `hf-hub:` id, and the sha256 the index expects."""
+            progress: bool = True, weights: bool = True) -> tuple[Path, str | None]:
+    """A local model folder for a name, folder, URL or `hf-hub:` id, and the sha256 the index expects.
+
+    `weights=False` fetches only config.json and the card from remote sources (`hub info`).
+    """
     text = str(spec)
     if text.startswith("hf-hub:"):
         repo, _, revision = text[len("hf-hub:"):].partition("@")
-        return fetch_hf(repo, revision or None), None
+        return fetch_hf(repo, revision or None, weights), None
     scheme = urllib.parse.urlparse(text).scheme
     if scheme in ("http", "https"):
         folder = cache_root(cache_dir) / "urls" / _url_key(text.rstrip("/"))
-        return fetch_folder(text.rstrip("/") + "/", folder, None, progress), None
+        return fetch_folder(text.rstrip("/") + "/", folder, None, progress, weights), None
     if scheme == "file":
         return Path(urllib.request.url2pathname(urllib.parse.urlparse(text).path)), None
     if isinstance(spec, Path) or os.sep in text or (Path(text) / CONFIG_FILE).is_file():
@@ -145,4 +150,4 @@ def resolve(spec: str | Path, hub: str | Path | None = None, cache_dir: str | Pa
     if text not in models:
         raise HubError(f"no model {text!r} in hub {source}; available: {', '.join(sorted(models)) or 'none'}")
     entry = models[text]
-    return source.fetch(text, entry, cache_root(cache_dir), progress), entry.get("sha256")
+    return source.fetch(text, entry, cache_root(cache_dir), progress, weights), entry.get("sha256")
