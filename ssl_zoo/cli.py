@@ -112,6 +112,17 @@ def cmd_hub_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_linear(args: argparse.Namespace) -> int:
+    from ssl_zoo.evaluate import evaluate_linear
+
+    result = evaluate_linear(Path(args.source), args.overrides, device=args.device, lrs=tuple(args.lr),
+                             weight_decays=tuple(args.wd), epochs=args.epochs, val_fraction=args.val_fraction,
+                             seed=args.seed)
+    print(f"linear probe top-1 on the test set: {result.test_top1:.2f}% (lr {result.lr:g}, weight decay "
+          f"{result.weight_decay:g}, chosen on a {args.val_fraction:.0%} validation split: {result.val_top1:.2f}%)")
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from ssl_zoo.launch.profile import load_profile
     from ssl_zoo.launch.submit import submit
@@ -186,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--temperature", type=float, default=0.07)
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     q.set_defaults(func=cmd_eval_knn)
+    q = esub.add_parser("linear", help="linear probe on frozen features (lr x wd sweep on a validation split)",
+                        epilog=EPILOG)
+    q.add_argument("source", help="run directory or checkpoint file (.pt)")
+    q.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
+    q.add_argument("--epochs", type=int, default=30)
+    q.add_argument("--lr", type=float, nargs="+", default=[1e-3, 1e-2], help="AdamW learning rates to try")
+    q.add_argument("--wd", type=float, nargs="+", default=[0.0, 1e-4, 1e-2], help="weight decays to try")
+    q.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out to pick lr/wd")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    q.set_defaults(func=cmd_eval_linear)
 
     p = sub.add_parser("submit", help="submit training through submitit (SLURM, or local/debug on this machine)",
                        epilog=EPILOG + ". Profiles: slurm/<name>.yaml or a path; built in: local, debug.")

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from ssl_zoo.augment import NORMALIZATIONS
 from ssl_zoo.backbones import spec_of
 from ssl_zoo.config import to_dict
-from ssl_zoo.evaluate import TrainedRun, load_method
+from ssl_zoo.evaluate import TrainedRun, load_method, run_dir_of
 from ssl_zoo.hub.card import model_card
 from ssl_zoo.hub.download import sha256_file
 from ssl_zoo.hub.index import HubError, check_name, read_local_index, write_local_index
@@ -22,14 +22,20 @@ from ssl_zoo.hub.source import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 
 
 def run_metrics(checkpoint: Path, run_step: int) -> dict:
-    """The newest k-NN result the run logged at or before the checkpoint's step (metrics.jsonl)."""
-    for run_dir in (checkpoint.parent.parent, checkpoint.parent):
-        log = run_dir / "metrics.jsonl"
-        if log.is_file():
-            found = [r for r in map(json.loads, filter(str.strip, log.read_text().splitlines()))
-                     if "knn_top1" in r and r.get("step", 0) <= run_step]
-            return {"knn_top1": found[-1]["knn_top1"], "knn_step": found[-1]["step"]} if found else {}
-    return {}
+    """The newest k-NN result logged at or before the checkpoint's step (metrics.jsonl), and the
+    linear probe of that step (eval/linear_probe.json, from `ssl-zoo eval linear`)."""
+    run_dir = run_dir_of(checkpoint)
+    metrics: dict = {}
+    log = run_dir / "metrics.jsonl"
+    if log.is_file():
+        found = [r for r in map(json.loads, filter(str.strip, log.read_text().splitlines()))
+                 if "knn_top1" in r and r.get("step", 0) <= run_step]
+        if found:
+            metrics.update(knn_top1=found[-1]["knn_top1"], knn_step=found[-1]["step"])
+    probe = run_dir / "eval" / "linear_probe.json"
+    if probe.is_file() and json.loads(probe.read_text()).get("step") == run_step:
+        metrics["linear_top1"] = json.loads(probe.read_text())["test_top1"]
+    return metrics
 
 
 def dataset_name(run: TrainedRun) -> str:
@@ -101,7 +107,8 @@ def export(source: Path, name: str, hub_dir: Path, overwrite: bool = False) -> P
     index["models"][name] = {
         "path": name, "sha256": meta["sha256"], "size_bytes": meta["size_bytes"],
         "architecture": config["architecture"], "method": meta["method"], "dataset": meta["dataset"],
-        "steps": meta["steps"], "metrics": {k: v for k, v in meta["metrics"].items() if k == "knn_top1"},
+        "steps": meta["steps"],
+        "metrics": {k: v for k, v in meta["metrics"].items() if k in ("knn_top1", "linear_top1")},
     }
     write_local_index(hub_dir, index)
     return folder
