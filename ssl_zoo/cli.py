@@ -48,8 +48,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval_knn(args: argparse.Namespace) -> int:
     from ssl_zoo.evaluate import evaluate_knn
 
-    top1 = evaluate_knn(Path(args.source), args.overrides, k=args.k, temperature=args.temperature,
-                        device=args.device)
+    top1 = evaluate_knn(args.source, args.overrides, k=args.k, temperature=args.temperature,
+                        device=args.device, hub=args.hub)
     print(f"k-NN top-1 (k={args.k}, T={args.temperature}): {top1:.2f}%")
     return 0
 
@@ -115,11 +115,12 @@ def cmd_hub_download(args: argparse.Namespace) -> int:
 def cmd_eval_linear(args: argparse.Namespace) -> int:
     from ssl_zoo.evaluate import evaluate_linear
 
-    result = evaluate_linear(Path(args.source), args.overrides, device=args.device, lrs=tuple(args.lr),
-                             weight_decays=tuple(args.wd), epochs=args.epochs, val_fraction=args.val_fraction,
-                             seed=args.seed)
+    result, out = evaluate_linear(args.source, args.overrides, device=args.device, hub=args.hub,
+                                  lrs=tuple(args.lr), weight_decays=tuple(args.wd), epochs=args.epochs,
+                                  val_fraction=args.val_fraction, seed=args.seed)
     print(f"linear probe top-1 on the test set: {result.test_top1:.2f}% (lr {result.lr:g}, weight decay "
           f"{result.weight_decay:g}, chosen on a {args.val_fraction:.0%} validation split: {result.val_top1:.2f}%)")
+    print(f"result: {out}")
     return 0
 
 
@@ -191,16 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a trained backbone")
     esub = p.add_subparsers(dest="eval_command", required=True, metavar="SUBCOMMAND")
     q = esub.add_parser("knn", help="weighted cosine k-NN top-1 on the run's labelled test split", epilog=EPILOG)
-    q.add_argument("source", help="run directory or checkpoint file (.pt)")
+    q.add_argument("source", help="run directory, checkpoint file (.pt), or hub model (name, folder, URL, hf-hub:)")
     q.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
+    q.add_argument("--hub", help="hub folder or URL for hub names (default $SSL_ZOO_HUB)")
     q.add_argument("--k", type=int, default=20)
     q.add_argument("--temperature", type=float, default=0.07)
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     q.set_defaults(func=cmd_eval_knn)
     q = esub.add_parser("linear", help="linear probe on frozen features (lr x wd sweep on a validation split)",
                         epilog=EPILOG)
-    q.add_argument("source", help="run directory or checkpoint file (.pt)")
+    q.add_argument("source", help="run directory, checkpoint file (.pt), or hub model (name, folder, URL, hf-hub:)")
     q.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
+    q.add_argument("--hub", help="hub folder or URL for hub names (default $SSL_ZOO_HUB)")
     q.add_argument("--epochs", type=int, default=30)
     q.add_argument("--lr", type=float, nargs="+", default=[1e-3, 1e-2], help="AdamW learning rates to try")
     q.add_argument("--wd", type=float, nargs="+", default=[0.0, 1e-4, 1e-2], help="weight decays to try")

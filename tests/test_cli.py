@@ -58,4 +58,4 @@ def test_train_then_eval_knn_from_run_dir_and_checkpoint(tmp_path):
         assert out.returncode == 0, out.stderr
         assert float(out.stdout.split(": ")[-1].rstrip("%\n")) == pytest.approx(trained, abs=1e-6)
     missing = run_cli("eval", "knn", str(tmp_path / "none"))
-    assert missing.returncode == 2 and "no such run directory or checkpoint" in missing.stderr
+    assert missing.returncode == 2 and "no such run directory, checkpoint or hub model folder" in missing.stderr

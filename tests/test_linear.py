@@ -77,3 +77,29 @@ def test_eval_linear_cli_caches_features_and_feeds_the_hub(tmp_path, capsys, mon
     assert index["models"]["probed"]["metrics"]["linear_top1"] == result["test_top1"]
     assert cli_main([*args, "--val-fraction", "0"]) == 2
     assert "validation fraction" in capsys.readouterr().err
+
+
+def test_knn_and_linear_accept_hub_models_with_the_same_result(tmp_path, monkeypatch):
+    from ssl_zoo.evaluate import evaluate_knn, evaluate_linear
+    from ssl_zoo.hub.export import export
+
+    monkeypatch.setenv("SSL_ZOO_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(tiny_config("simclrv2", tmp_path, train={"max_steps": 2}))
+    run_dir = Trainer(cfg, progress_bar=False).fit().run_dir
+    export(run_dir, "tiny", tmp_path / "hub")
+    assert evaluate_knn(str(run_dir)) == evaluate_knn("tiny", hub=str(tmp_path / "hub"))
+    probe = dict(lrs=(1e-2,), weight_decays=(0.0,), epochs=3)
+    from_run, run_out = evaluate_linear(str(run_dir), **probe)
+    from_hub, hub_out = evaluate_linear("tiny", hub=str(tmp_path / "hub"), **probe)
+    assert from_hub.test_top1 == pytest.approx(from_run.test_top1, abs=0.5)
+    assert run_out.parent == run_dir / "eval" and hub_out.is_relative_to(tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "hub/tiny").iterdir()) == ["README.md", "config.json",
+                                                                      "model.safetensors"]  # hub untouched
+
+
+def test_missing_eval_source_is_a_clear_error(tmp_path):
+    from ssl_zoo.checkpoint import CheckpointError
+    from ssl_zoo.evaluate import evaluate_knn
+
+    with pytest.raises(CheckpointError, match="no such run directory, checkpoint or hub model folder"):
+        evaluate_knn(str(tmp_path / "runs/typo"))
