@@ -7,12 +7,13 @@ kill during the write never leaves a half-written `last.pt`. Files are read with
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -21,18 +22,27 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint, or one from another method/config."""
 
 
-def atomic_save(obj: Any, path: Path) -> None:
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through a temporary file in the same folder and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(obj: Any, path: Path, sort_keys: bool = False) -> None:
+    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode()))
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -62,6 +62,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Left-aligned columns, two spaces apart; the first row is the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
 def _size(num_bytes: object) -> str:
     return f"{num_bytes / 2**20:.1f} MiB" if isinstance(num_bytes, (int, float)) else "?"
 
@@ -79,9 +86,7 @@ def cmd_hub_list(args: argparse.Namespace) -> int:
         knn = e.get("metrics", {}).get("knn_top1")
         rows.append((name, str(e.get("architecture")), str(e.get("method")), str(e.get("dataset")),
                      f"{knn:.2f}%" if isinstance(knn, (int, float)) else "-", _size(e.get("size_bytes"))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print_table(rows)
     return 0
 
 
@@ -152,9 +157,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     for v in views:
         rows.append((v.job_id, v.executor, v.state, v.exit_code, "-" if v.step is None else str(v.step),
                      "-" if v.loss is None else f"{v.loss:.4f}", str(v.run_dir), str(v.stdout)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print_table(rows)
     for v in views:
         if v.failed:
             print(f"\n--- job {v.job_id} {v.state} (exit {v.exit_code}); last lines of {v.stderr}:\n{log_tail(v.stderr)}")

@@ -259,7 +259,8 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml_mapping(path: Path) -> dict:
+    """A YAML file whose top level is a mapping (configs, cluster profiles); clear errors otherwise."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -267,7 +268,7 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
+        raise ConfigError(f"{path}: top level must be a mapping of keys to values")
     return data
 
 
@@ -283,7 +284,7 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
         raw, name_hint = dict(source), ""
     else:
         path = Path(source)
-        raw, name_hint = _read_yaml(path), path.stem
+        raw, name_hint = read_yaml_mapping(path), path.stem
     for key, value in parse_overrides(overrides or []):
         _set_dotted(raw, key, value)
 

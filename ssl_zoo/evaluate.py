@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ssl_zoo.augment import center_crop_or_resize, to_unit
-from ssl_zoo.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from ssl_zoo.checkpoint import CheckpointError, atomic_save, atomic_write_json, load_checkpoint
 from ssl_zoo.config import ExperimentConfig, load_config, to_dict
 from ssl_zoo.data import build_dataset
 from ssl_zoo.eval.knn import extract_features, knn_eval
@@ -153,5 +153,5 @@ def evaluate_linear(source: str, overrides: list[str] | None = None, device: str
     test = cached_features(src, test_set, "test", dev)
     result = linear_probe(*train, *test, **probe_args)
     out = src.out_dir / "linear_probe.json"
-    out.write_text(json.dumps({"step": src.step, **result.to_dict()}, indent=2) + "\n")
+    atomic_write_json({"step": src.step, **result.to_dict()}, out)
     return result, out

@@ -9,9 +9,10 @@ relative POSIX path with no `..`, no scheme and no absolute start.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path, PurePosixPath
+
+from ssl_zoo.checkpoint import atomic_write_json
 
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "ssl-zoo-hub/1"
@@ -70,11 +71,8 @@ def read_local_index(root: Path, missing_ok: bool = False) -> dict:
 
 
 def write_local_index(root: Path, index: dict) -> None:
-    """Write through a temporary file and rename, so readers never see half an index."""
-    path = root / INDEX_FILE
-    tmp = path.with_name(f".{INDEX_FILE}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Atomic (temporary file + rename), so readers never see half an index."""
+    atomic_write_json(index, root / INDEX_FILE, sort_keys=True)
 
 
 def model_folder(root: Path, name: str, entry: dict) -> Path:

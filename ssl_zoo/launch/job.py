@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import os
 import signal
 import traceback
@@ -20,6 +19,7 @@ from pathlib import Path
 import submitit
 import torch
 
+from ssl_zoo.checkpoint import atomic_write_json
 from ssl_zoo.config import load_config
 
 
@@ -34,12 +34,9 @@ def rendezvous_env(env: submitit.JobEnvironment) -> dict[str, str]:
 
 def write_status(folder: Path, state: str, **extra) -> None:
     """job_status.json: what `ssl-zoo jobs` shows for executors without a scheduler to ask."""
-    folder.mkdir(parents=True, exist_ok=True)
     record = {"state": state, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               **extra}
-    tmp = folder / f".job_status.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, folder / "job_status.json")
+    atomic_write_json(record, folder / "job_status.json")
 
 
 def weights_digest(module: torch.nn.Module) -> str:

@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
-from ssl_zoo.config import ConfigError, bounded, build_dataclass
+from ssl_zoo.config import ConfigError, bounded, build_dataclass, read_yaml_mapping
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm"
 BUILTIN = ("local", "debug")
@@ -62,11 +60,6 @@ def load_profile(name: str, overrides: dict | None = None) -> ClusterProfile:
         if not path.is_file():
             raise ConfigError(f"unknown cluster profile {name!r}: no file {path}. "
                               f"Available: {', '.join(available_profiles())} (or a path to a YAML profile)")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a profile is a mapping of settings")
+        raw = read_yaml_mapping(path)
     raw = {"name": Path(name).stem, **raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     return build_dataclass(ClusterProfile, raw, "profile")
