@@ -11,7 +11,16 @@ def random_patch_mask(batch: int, num_patches: int, mask_ratio: float,
 
     Returns (idx_keep (B, K), idx_mask (B, N - K)) as patch indices (no prefix-token offset).
     """
-    keep = int(num_patches * (1 - mask_ratio))
+    return random_patch_split(batch, num_patches, num_patches - int(num_patches * (1 - mask_ratio)), device)
+
+
+def random_patch_split(batch: int, num_patches: int, num_masked: int,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample random split into visible and masked patches by count (Selfie masks a fixed number).
+
+    Argsort of uniform noise: idx_keep (B, N - num_masked), idx_mask (B, num_masked), patch indices.
+    """
+    keep = num_patches - num_masked
     noise = torch.rand(batch, num_patches, device=device)
     order = torch.argsort(noise, dim=1)
     return order[:, :keep], order[:, keep:]

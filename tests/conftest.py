@@ -34,6 +34,20 @@ TINY = {
                        "view": {"size": 28, "scale": [0.2, 1.0], "jitter_p": 0.0, "gray_p": 0.0}},
             "model": {"backbone": "vit_tiny_patch16_224", "patch_size": 4, "img_size": 28},
             "optim": {"warmup_epochs": 0.0, "base_lr": 1.5e-3}},
+    "gmml": {"method": {"name": "gmml", "view": {"size": 28, "scale": [0.05, 1.0], "interpolation": "bilinear",
+                                                 "jitter": [0.1, 0.1, 0.0, 0.0], "jitter_p": 0.3, "gray_p": 0.0,
+                                                 "blur_p": 0.0}},
+             "model": {"backbone": "vit_tiny_patch16_224", "patch_size": 7, "img_size": 28},
+             "optim": {"warmup_epochs": 0.0, "base_lr": 1e-3}},
+    "sit": {"method": {"name": "sit", "hidden_dim": 64, "out_dim": 32,
+                       "views": [dict(TINY_VIEW, blur_p=1.0), dict(TINY_VIEW, blur_p=0.1, solarize_p=0.2)]},
+            "model": {"backbone": "vit_tiny_patch16_224", "patch_size": 7, "img_size": 28, "drop_path_rate": 0.1},
+            "optim": {"warmup_epochs": 0.0, "base_lr": 1e-3}},
+    "selfie": {"method": {"name": "selfie", "patch_size": 7, "num_masked": 4, "depth": 1, "heads": 4,
+                          "view": {"size": 28, "scale": [0.3, 1.0], "interpolation": "bilinear", "jitter_p": 0.0,
+                                   "gray_p": 0.0}},
+               "model": {"backbone": "resnet10t", "stem": "no_maxpool"},
+               "optim": {"warmup_epochs": 0.0, "base_lr": 2e-3}},
 }
 
 
