@@ -75,6 +75,11 @@ class Method(nn.Module):
         """The network the hub exports and k-NN evaluates."""
         raise NotImplementedError
 
+    def finetune_head(self) -> nn.Module | None:
+        """A `linear_bn_relu` layer after backbone() that fine-tuning keeps (SimCLRv2: the first
+        projection-head layer); None: fine-tune from the backbone's features."""
+        return None
+
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Features for evaluation from uint8 images at the load size."""
@@ -94,6 +99,11 @@ class Method(nn.Module):
 
 def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     return torchvision.utils.make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow)
+
+
+def linear_bn_relu(in_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear (no bias: BN follows) -> BatchNorm1d -> ReLU, the hidden layer of BN projection heads."""
+    return nn.Sequential(nn.Linear(in_dim, out_dim, bias=False), nn.BatchNorm1d(out_dim), nn.ReLU())
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

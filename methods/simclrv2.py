@@ -16,7 +16,7 @@ from torch import nn
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
 from ssl_zoo.backbones import build_backbone
 from ssl_zoo.config import ExperimentConfig, OptimConfig, bounded
-from ssl_zoo.methods.base import Method
+from ssl_zoo.methods.base import Method, linear_bn_relu
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Progress
 
@@ -37,7 +37,7 @@ class ProjectionHeadV2(nn.Sequential):
         blocks: list[nn.Module] = []
         dim = in_dim
         for _ in range(layers - 1):
-            blocks.append(nn.Sequential(nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU()))
+            blocks.append(linear_bn_relu(dim, hidden_dim))
             dim = hidden_dim
         last_bn = nn.BatchNorm1d(out_dim)
         nn.init.zeros_(last_bn.bias)
@@ -99,3 +99,7 @@ class SimCLRv2(Method):
 
     def backbone(self) -> nn.Module:
         return self.encoder
+
+    def finetune_head(self) -> nn.Module | None:
+        """SimCLRv2 fine-tunes from the output of the first projection-head layer (not the backbone)."""
+        return self.head[0] if len(self.head) > 1 else None

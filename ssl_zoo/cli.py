@@ -1,4 +1,5 @@
-"""`ssl-zoo` command line: methods, train, config show, eval knn, submit, jobs, cancel, export, hub."""
+"""`ssl-zoo` command line: methods, train, config show, eval knn/linear, finetune, distill, submit, jobs,
+cancel, export, hub."""
 
 from __future__ import annotations
 
@@ -121,12 +122,64 @@ def cmd_eval_linear(args: argparse.Namespace) -> int:
     from ssl_zoo.evaluate import evaluate_linear
 
     result, out = evaluate_linear(args.source, args.overrides, device=args.device, hub=args.hub,
-                                  lrs=tuple(args.lr), weight_decays=tuple(args.wd), epochs=args.epochs,
-                                  val_fraction=args.val_fraction, seed=args.seed)
-    print(f"linear probe top-1 on the test set: {result.test_top1:.2f}% (lr {result.lr:g}, weight decay "
+                                  from_scratch=args.from_scratch, train_limit=args.train_limit,
+                                  test_limit=args.test_limit, lrs=tuple(args.lr), weight_decays=tuple(args.wd),
+                                  epochs=args.epochs, val_fraction=args.val_fraction, seed=args.seed)
+    kind = "linear probe of the random-init network" if args.from_scratch else "linear probe"
+    print(f"{kind} top-1 on the test set: {result.test_top1:.2f}% (lr {result.lr:g}, weight decay "
           f"{result.weight_decay:g}, chosen on a {args.val_fraction:.0%} validation split: {result.val_top1:.2f}%)")
     print(f"result: {out}")
     return 0
+
+
+def _recipe(args: argparse.Namespace, recipe):
+    """Command-line values replace the recipe's defaults where given."""
+    for flag, attr in (("epochs", "epochs"), ("seed", "seed"), ("test_limit", "test_limit")):
+        if getattr(args, flag) is not None:
+            setattr(recipe, attr, getattr(args, flag))
+    if args.lr is not None:
+        recipe.optim.base_lr = args.lr
+    if args.crop_scale is not None:
+        recipe.crop_scale = tuple(args.crop_scale)
+    return recipe
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from ssl_zoo.eval.finetune import finetune, finetune_recipe, parse_label_fraction
+
+    fraction = parse_label_fraction(args.labels)
+    recipe = _recipe(args, finetune_recipe(fraction, args.batch_size))
+    result, out = finetune(args.source, fraction, recipe, args.overrides, args.device, args.hub, args.from_scratch)
+    kind = "from random init" if args.from_scratch else "fine-tuned"
+    print(f"{kind} on {result.labels} of the labels ({result.labelled_images} images, class-balanced, seed "
+          f"{result.seed}): test top-1 {result.test_top1:.2f}% on {result.test_images} images")
+    print(f"classifier: {result.model}\nresult: {out}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from ssl_zoo.eval.distill import distill, distill_recipe
+
+    recipe = _recipe(args, distill_recipe(args.batch_size))
+    result, out = distill(Path(args.teacher), recipe, args.student, args.student_init, args.temperature,
+                          args.unlabelled_limit, args.device, args.hub)
+    teacher = "" if result.teacher_top1 is None else f" (teacher: {result.teacher_top1:.2f}%)"
+    print(f"student {result.student} distilled at tau={result.temperature:g} on {result.unlabelled_images} unlabelled "
+          f"images: test top-1 {result.test_top1:.2f}% on {result.test_images} images{teacher}")
+    print(f"classifier: {result.model}\nresult: {out}")
+    return 0
+
+
+def _supervised_options(q: argparse.ArgumentParser, batch_size: int, lr_help: str) -> None:
+    q.add_argument("--epochs", type=float, help="training epochs over the (labelled or unlabelled) images")
+    q.add_argument("--batch-size", type=int, default=batch_size, help=f"default {batch_size}")
+    q.add_argument("--lr", type=float, help=lr_help)
+    q.add_argument("--crop-scale", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="RandomResizedCrop area range (default 0.08 1.0)")
+    q.add_argument("--seed", type=int, help="seed of the label subset, the views and the order (default 0)")
+    q.add_argument("--test-limit", type=int, help="score only the first N test images (default: all)")
+    q.add_argument("--hub", help="hub folder or URL for hub names (default $SSL_ZOO_HUB)")
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -212,8 +265,35 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--wd", type=float, nargs="+", default=[0.0, 1e-4, 1e-2], help="weight decays to try")
     q.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out to pick lr/wd")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--train-limit", type=int, default=0, help="probe on the first N train images (default: all)")
+    q.add_argument("--test-limit", type=int, default=0, help="score the first N test images (default: all)")
+    q.add_argument("--from-scratch", action="store_true", help="probe the same network with random weights")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     q.set_defaults(func=cmd_eval_linear)
+
+    p = sub.add_parser("finetune", help="SimCLRv2 step 2: fine-tune on a class-balanced fraction of the labels",
+                       epilog=EPILOG + ". SimCLRv2 runs fine-tune from the first projection-head layer; other "
+                       "methods and hub models from the backbone. Defaults: momentum SGD at lr 0.005 x sqrt(batch), "
+                       "no weight decay, 60 epochs for <= 1%% of the labels, 30 otherwise.")
+    p.add_argument("source", help="run directory, checkpoint file (.pt), or hub model (name, folder, URL, hf-hub:)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
+    p.add_argument("--labels", required=True, metavar="PCT", help="share of the labelled train split: 1%%, 10%%, 100%%")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="same network and procedure from random weights (the baseline to beat)")
+    _supervised_options(p, 1024, "base lr; the peak lr is base x sqrt(batch) (default 0.005)")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("distill", help="SimCLRv2 step 3: distil a fine-tuned classifier into a student, no labels",
+                       epilog="Loss -sum P_T log P_S at temperature tau (default 0.1 for the same architecture, "
+                       "1.0 otherwise); crop + flip only; momentum SGD at peak lr 0.1 x batch/256 x tau, weight "
+                       "decay 1e-4, 10 epochs.")
+    p.add_argument("teacher", help="classifier folder written by `ssl-zoo finetune` (or `ssl-zoo distill`)")
+    p.add_argument("--student", metavar="ARCH", help="timm architecture of a fresh student (default: the teacher's)")
+    p.add_argument("--student-init", metavar="SOURCE", help="start the student from this run's or hub model's backbone")
+    p.add_argument("--temperature", type=float, help="tau (default 0.1 self-distillation, 1.0 big -> small)")
+    p.add_argument("--unlabelled-limit", type=int, default=0, help="use only the first N unlabelled images")
+    _supervised_options(p, 256, "base lr; the peak lr is base x batch/256 x tau (default 0.1)")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("submit", help="submit training through submitit (SLURM, or local/debug on this machine)",
                        epilog=EPILOG + ". Profiles: slurm/<name>.yaml or a path; built in: local, debug.")

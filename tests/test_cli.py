@@ -19,7 +19,8 @@ def test_methods_lists_one_line_each(capsys):
 
 
 @pytest.mark.parametrize("command", [[], ["methods"], ["train"], ["config"], ["config", "show"], ["eval"],
-                                     ["eval", "knn"], ["eval", "linear"], ["export"], ["hub"], ["hub", "list"],
+                                     ["eval", "knn"], ["eval", "linear"], ["finetune"], ["distill"], ["export"],
+                                     ["hub"], ["hub", "list"],
                                      ["hub", "info"], ["hub", "download"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -9,6 +9,7 @@ dense methods (PixPro) and tests need exactly that.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,11 +55,14 @@ class Views:
 
 
 class Normalize(nn.Module):
-    """Map uint8-range [0, 1] images to the method's input space (identity for 'none')."""
+    """Map uint8-range [0, 1] images to the method's input space (identity for 'none').
 
-    def __init__(self, name: str) -> None:
+    A named normalisation, or explicit per-channel `stats` (mean, std), e.g. a hub model's
+    pretrained_cfg."""
+
+    def __init__(self, name: str = "none", stats: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         super().__init__()
-        stats = NORMALIZATIONS[name]
+        stats = stats or NORMALIZATIONS[name]
         mean, std = stats if stats else ((0.0,), (1.0,))
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
@@ -90,6 +94,18 @@ def center_crop_or_resize(x: torch.Tensor, size: int) -> torch.Tensor:
         top, left = (h - size) // 2, (w - size) // 2
         return x[..., top:top + size, left:left + size]
     return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+class EvalView(nn.Module):
+    """The evaluation input of a backbone: [0, 1] pixels, centre crop (or resize) to `side`, normalised."""
+
+    def __init__(self, side: int, normalize: Normalize) -> None:
+        super().__init__()
+        self.side = side
+        self.normalize = normalize
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.normalize(center_crop_or_resize(to_unit(images), self.side))
 
 
 def sample_boxes(batch: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],

@@ -13,6 +13,8 @@ def model_card(name: str, config: dict) -> str:
     knn = meta["metrics"].get("knn_top1")
     knn_note = (f" (weighted cosine k-NN, k={meta['metrics'].get('knn_k')}, T={meta['metrics'].get('knn_temperature')}, "
                 f"at step {meta['metrics'].get('knn_step')})") if knn is not None else ""
+    evals = "".join(f"| {key[:-len('_top1')].replace('_', ' ')} top-1 | {_fmt_metric(value)} |\n"
+                    for key, value in sorted(meta["metrics"].items()) if key.endswith("_top1") and key != "knn_top1")
     if meta["timm_compatible"]:
         timm_use = (f'model = timm.create_model("{config["architecture"]}", pretrained=True, num_classes=0,\n'
                     f'                          pretrained_cfg_overlay=dict(file="{name}/model.safetensors"),\n'
@@ -35,7 +37,7 @@ safetensors with timm key names.
 | dataset | {meta["dataset"]} |
 | training steps | {meta["steps"]} |
 | k-NN top-1 | {_fmt_metric(knn)}{knn_note} |
-| weights sha256 | `{meta["sha256"]}` ({meta["size_bytes"]} bytes) |
+{evals}| weights sha256 | `{meta["sha256"]}` ({meta["size_bytes"]} bytes) |
 
 ## Use
 
@@ -47,5 +49,7 @@ import timm
 {timm_use}
 ```
 
-The full training config is in `config.json` under `ssl_zoo.config`.
+Linear-probe, fine-tuning (`finetune_<labels>`, SimCLRv2 fine-tunes from its first head layer,
+which is not part of these weights) and distillation rows come from the run's `eval/*.json` at
+the exported step. The full training config is in `config.json` under `ssl_zoo.config`.
 """

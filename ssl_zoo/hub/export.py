@@ -23,7 +23,8 @@ from ssl_zoo.hub.source import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 
 def run_metrics(checkpoint: Path, run_step: int) -> dict:
     """The newest k-NN result logged at or before the checkpoint's step (metrics.jsonl), and the
-    linear probe of that step (eval/linear_probe.json, from `ssl-zoo eval linear`)."""
+    linear probe, fine-tuning and distillation results of that step (eval/*.json from `ssl-zoo eval
+    linear`, `ssl-zoo finetune`, `ssl-zoo distill`; from-scratch baselines left out)."""
     run_dir = run_dir_of(checkpoint)
     metrics: dict = {}
     log = run_dir / "metrics.jsonl"
@@ -32,9 +33,13 @@ def run_metrics(checkpoint: Path, run_step: int) -> dict:
                  if "knn_top1" in r and r.get("step", 0) <= run_step]
         if found:
             metrics.update(knn_top1=found[-1]["knn_top1"], knn_step=found[-1]["step"])
-    probe = run_dir / "eval" / "linear_probe.json"
-    if probe.is_file() and json.loads(probe.read_text()).get("step") == run_step:
-        metrics["linear_top1"] = json.loads(probe.read_text())["test_top1"]
+    for path in sorted((run_dir / "eval").glob("*.json")):
+        if "scratch" in path.stem or not path.stem.startswith(("linear_probe", "finetune_", "distill_")):
+            continue
+        result = json.loads(path.read_text())
+        if result.get("step") == run_step:
+            name = "linear" if path.stem == "linear_probe" else path.stem
+            metrics[f"{name}_top1"] = result["test_top1"]
     return metrics
 
 
@@ -108,7 +113,7 @@ def export(source: Path, name: str, hub_dir: Path, overwrite: bool = False) -> P
         "path": name, "sha256": meta["sha256"], "size_bytes": meta["size_bytes"],
         "architecture": config["architecture"], "method": meta["method"], "dataset": meta["dataset"],
         "steps": meta["steps"],
-        "metrics": {k: v for k, v in meta["metrics"].items() if k in ("knn_top1", "linear_top1")},
+        "metrics": {k: v for k, v in meta["metrics"].items() if k.endswith("_top1")},
     }
     write_local_index(hub_dir, index)
     return folder

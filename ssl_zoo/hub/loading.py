@@ -52,11 +52,15 @@ def read_weights(folder: Path, expected_sha256: str | None = None) -> tuple[dict
     return state, config
 
 
+def spec_from_config(config: dict) -> BackboneSpec:
+    """How to rebuild the exported backbone, from its config.json."""
+    return BackboneSpec(config["architecture"], config.get("model_args", {}), config["ssl_zoo"].get("stem", "imagenet"))
+
+
 def build_from_folder(folder: Path, num_classes: int = 0, expected_sha256: str | None = None) -> nn.Module:
     """The exported backbone (timm model where timm has the architecture), classifier reset to `num_classes`."""
     state, config = read_weights(folder, expected_sha256)
-    meta = config["ssl_zoo"]
-    spec = BackboneSpec(config["architecture"], config.get("model_args", {}), meta.get("stem", "imagenet"))
+    spec = spec_from_config(config)
     pretrained_cfg = {k: v for k, v in config["pretrained_cfg"].items() if k in _PRETRAINED_FIELDS}
     try:
         if spec.timm_compatible:
