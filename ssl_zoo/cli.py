@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="SimCLRv2 step 2: fine-tune on a class-balanced fraction of the labels",
                        epilog=EPILOG + ". SimCLRv2 runs fine-tune from the first projection-head layer; other "
                        "methods and hub models from the backbone. Defaults: momentum SGD at lr 0.005 x sqrt(batch), "
-                       "no weight decay, 60 epochs for <= 1%% of the labels, 30 otherwise.")
+                       "no weight decay, 60 epochs for <= 1% of the labels, 30 otherwise.")
     p.add_argument("source", help="run directory, checkpoint file (.pt), or hub model (name, folder, URL, hf-hub:)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
     p.add_argument("--labels", required=True, metavar="PCT", help="share of the labelled train split: 1%%, 10%%, 100%%")
