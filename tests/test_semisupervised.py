@@ -145,6 +145,22 @@ def test_distill_writes_result_next_to_the_teacher_and_feeds_the_hub(tiny_run, t
     assert "finetune 50pct top-1" in (tmp_path / "hub/semi/README.md").read_text()
 
 
+def test_finetune_and_distill_accept_hub_models(tiny_run, tmp_path, monkeypatch):
+    from ssl_zoo.hub.export import export
+
+    monkeypatch.setenv("SSL_ZOO_CACHE", str(tmp_path / "cache"))
+    export(tiny_run, "tiny", tmp_path / "hub")
+    hub_files = sorted(p.name for p in (tmp_path / "hub/tiny").iterdir())
+    result, out = finetune("tiny", 0.5, tiny_recipe(finetune_recipe(0.5)), hub=str(tmp_path / "hub"), progress=False)
+    assert out.is_relative_to(tmp_path / "cache") and out.name == "finetune_50pct.json"
+    _, meta = load_classifier(Path(result.model))
+    assert meta["head"] is None  # a hub model is the backbone only: fine-tuned from its features
+    student, student_out = distill(Path(result.model), tiny_recipe(distill_recipe()), student_init="tiny",
+                                   hub=str(tmp_path / "hub"), unlabelled_limit=64, progress=False)
+    assert student_out.parent == out.parent and student.unlabelled_images == 64
+    assert sorted(p.name for p in (tmp_path / "hub/tiny").iterdir()) == hub_files  # the hub is never written to
+
+
 def test_bad_finetune_and_distill_input_is_a_clear_cli_error(tiny_run, tmp_path, capsys):
     assert cli_main(["finetune", str(tiny_run), "--labels", "200%"]) == 2
     assert "--labels '200%'" in capsys.readouterr().err
