@@ -118,6 +118,14 @@ def cmd_hub_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hub_import_official(args: argparse.Namespace) -> int:
+    from ssl_zoo.hub.official import import_official
+
+    folder = import_official(Path(args.file), args.format, args.name, Path(args.hub), args.key, args.overwrite)
+    print(f"imported {args.file} ({args.format}) as {args.name}: {folder}")
+    return 0
+
+
 def cmd_eval_linear(args: argparse.Namespace) -> int:
     from ssl_zoo.evaluate import evaluate_linear
 
@@ -344,6 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--hub", help=hub_help)
     q.add_argument("--cache-dir", help=cache_help)
     q.set_defaults(func=cmd_hub_download)
+    q = hsub.add_parser("import-official", help="convert an official released checkpoint into a hub model")
+    q.add_argument("file", help="the released .pth/.pt/.safetensors file (read with weights_only=True)")
+    q.add_argument("--format", required=True, help="which release it is: dino, mae, dinov2, sit, gmml, pixpro")
+    q.add_argument("--name", required=True, help="model name in the hub (letters, digits, . _ -)")
+    q.add_argument("--hub", required=True, help="hub folder; created if missing, index.json updated")
+    q.add_argument("--key", default="teacher", help="network of multi-network checkpoints (DINO, SiT): "
+                   "teacher (default) or student")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
+    q.set_defaults(func=cmd_hub_import_official)
     return parser
 
 

@@ -80,21 +80,20 @@ def timm_config(run: TrainedRun, backbone: torch.nn.Module) -> dict:
     }
 
 
-def export(source: Path, name: str, hub_dir: Path, overwrite: bool = False) -> Path:
-    """Write HUB_DIR/NAME/{model.safetensors, config.json, README.md} and register NAME in index.json."""
+def write_hub_model(hub_dir: Path, name: str, backbone: torch.nn.Module, config: dict, overwrite: bool = False) -> Path:
+    """Write HUB_DIR/NAME/{model.safetensors, config.json, README.md} and register NAME in index.json.
+
+    Built in a staging folder and renamed in: a crash never leaves a half-written model.
+    """
     check_name(name)
     hub_dir = Path(hub_dir)
     index = read_local_index(hub_dir, missing_ok=True)  # a broken index stops us before any writing
     folder = hub_dir / name
     if folder.exists() and not overwrite:
         raise HubError(f"{folder} already exists; choose another --name or pass --overwrite")
-    run = load_method(Path(source))
-    backbone = run.method.backbone()
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in backbone.state_dict().items()}
-    config = timm_config(run, backbone)
-
     hub_dir.mkdir(parents=True, exist_ok=True)
-    staging = hub_dir / f".{name}.tmp{os.getpid()}"  # built aside, renamed in: no half-written model
+    staging = hub_dir / f".{name}.tmp{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
@@ -117,3 +116,13 @@ def export(source: Path, name: str, hub_dir: Path, overwrite: bool = False) -> P
     }
     write_local_index(hub_dir, index)
     return folder
+
+
+def export(source: Path, name: str, hub_dir: Path, overwrite: bool = False) -> Path:
+    """Export a run's evaluated backbone (`method.backbone()`) into the hub folder HUB_DIR/NAME."""
+    check_name(name)
+    if (Path(hub_dir) / name).exists() and not overwrite:
+        raise HubError(f"{Path(hub_dir) / name} already exists; choose another --name or pass --overwrite")
+    run = load_method(Path(source))
+    backbone = run.method.backbone()
+    return write_hub_model(Path(hub_dir), name, backbone, timm_config(run, backbone), overwrite)

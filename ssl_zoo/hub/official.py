@@ -1,0 +1,224 @@
+"""Convert officially released checkpoints into the zoo's (timm) backbones, for the hub.
+
+Each format knows its container (which top-level key, which prefixes; see
+../shared/official-layouts/README.md) and the key differences to the matching timm architecture.
+The result is a timm model loaded with strict=True: a converter that misses a key fails loudly.
+Files are read with `torch.load(weights_only=True)` (argparse.Namespace, which training
+checkpoints keep their `args` in, is the one extra type allowed) or as safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import timm
+import torch
+from torch import nn
+
+from ssl_zoo.hub.index import HubError
+
+VIT_SIZES = {(384, 12): "small", (768, 12): "base", (1024, 24): "large", (1280, 32): "huge", (1536, 40): "giant"}
+
+
+@dataclass
+class Converted:
+    """A timm model holding the official weights, and where they came from."""
+
+    model: nn.Module
+    architecture: str
+    model_args: dict
+    method: str
+
+
+def read_official(path: Path) -> dict:
+    """The file's top-level mapping, read without unpickling arbitrary objects."""
+    if not path.is_file():
+        raise HubError(f"no such checkpoint file: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise HubError(f"{path} is not a checkpoint that loads with weights_only=True (tensors, containers, "
+                       f"argparse.Namespace): {str(e).splitlines()[0]}") from e
+    if not isinstance(obj, dict):
+        raise HubError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint mapping")
+    return obj
+
+
+def strip(state: dict, prefix: str) -> dict:
+    """The entries under `prefix`, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def tensors(obj: object, where: str, fmt: str) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise HubError(f"--format {fmt}: expected a state dict at {where}, found {type(obj).__name__}")
+    return obj
+
+
+def vit_name(state: dict, fmt: str, suffix: str = "") -> tuple[str, int]:
+    """timm ViT name from the weights' shapes: width, depth, patch size, grid (e.g. vit_small_patch16_224)."""
+    if "patch_embed.proj.weight" not in state:
+        raise HubError(f"--format {fmt}: no patch_embed.proj.weight; not a ViT checkpoint of this format "
+                       f"(first keys: {', '.join(list(state)[:5])})")
+    width = state["patch_embed.proj.weight"].shape[0]
+    patch = state["patch_embed.proj.weight"].shape[-1]
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    size = VIT_SIZES.get((width, depth))
+    if size is None:
+        raise HubError(f"--format {fmt}: a ViT of width {width} and depth {depth} has no timm counterpart here; "
+                       f"known: {', '.join(f'{w}x{d}' for w, d in VIT_SIZES)}")
+    return f"vit_{size}_patch{patch}{suffix}", patch
+
+
+def timm_vit(state: dict, fmt: str, method: str, **model_args) -> Converted:
+    """A timm ViT named by its shapes, at the image size its position table was trained for."""
+    name, patch = vit_name(state, fmt)
+    tokens = state["pos_embed"].shape[1] - (1 if "cls_token" in state else 0)
+    side = int(round(tokens ** 0.5)) * patch
+    architecture = f"{name}_{side}"
+    if architecture not in timm.list_models():
+        architecture, model_args = f"{name}_224", {**model_args, "img_size": side}
+    return load_strict(architecture, model_args, state, fmt, method)
+
+
+def load_strict(architecture: str, model_args: dict, state: dict, fmt: str, method: str) -> Converted:
+    model = timm.create_model(architecture, num_classes=0, **model_args)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise HubError(f"--format {fmt}: the weights do not fit timm's {architecture} {model_args}: "
+                       f"{str(e).splitlines()[0]} ...") from e
+    return Converted(model.eval(), architecture, model_args, method)
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def convert_dino(ckpt: dict, key: str) -> Converted:
+    """Backbone-only .pth (bare state dict, teacher weights) or a full checkpoint's `teacher`/`student`
+    (`module.`/`backbone.` prefixes, head dropped). ViTs and the ResNet-50."""
+    state = ckpt[key] if key in ckpt else ckpt
+    state = tensors(state, key if key in ckpt else "the top level", "dino")
+    state = {re.sub(r"^(module\.)?(backbone\.)?", "", k): v for k, v in state.items() if ".head." not in f".{k}"}
+    if "conv1.weight" in state:  # dino_resnet50_pretrain: torchvision names = timm's
+        return load_strict("resnet50", {}, {k: v for k, v in state.items() if not k.startswith("fc.")}, "dino", "dino")
+    return timm_vit(state, "dino", "dino")
+
+
+def convert_mae(ckpt: dict, key: str) -> Converted:
+    """{'model': ...}: the encoder only (decoder, mask token dropped); the global-pool fine-tune layout
+    (fc_norm instead of norm) becomes timm's global_pool='avg'."""
+    state = tensors(ckpt.get("model", ckpt), "'model'", "mae")
+    state = {k: v for k, v in state.items() if not k.startswith(("decoder_", "mask_token", "head."))}
+    args = {"global_pool": "avg"} if "fc_norm.weight" in state else {}
+    return timm_vit(state, "mae", "mae", **args)
+
+
+def convert_dinov2(ckpt: dict, key: str) -> Converted:
+    """Hub .pth (bare) or a training dump's `teacher` (`backbone.` prefix): drop mask_token; with
+    registers, register_tokens -> reg_token and the CLS position folded into cls_token (timm keeps no
+    position for prefix tokens)."""
+    state = ckpt.get("teacher", ckpt)
+    state = tensors(state, "the top level", "dinov2")
+    state = {re.sub(r"^backbone\.", "", k): v for k, v in state.items() if not k.startswith(("dino_head", "ibot_head"))}
+    state = {k: v for k, v in state.items() if k != "mask_token"}
+    if any(re.match(r"blocks\.\d+\.\d+\.", k) for k in state):
+        raise HubError("--format dinov2: chunked blocks (block_chunks > 0, blocks.<chunk>.<i>.); "
+                       "save the model with block_chunks=0")
+    regs = state.pop("register_tokens", None)
+    name, patch = vit_name(state, "dinov2", "_dinov2" if regs is None else f"_reg{regs.shape[1]}_dinov2")
+    side = int(round((state["pos_embed"].shape[1] - 1) ** 0.5)) * patch
+    if regs is not None:
+        pos = state["pos_embed"]
+        state.update(reg_token=regs, cls_token=state["cls_token"] + pos[:, :1], pos_embed=pos[:, 1:])
+    return load_strict(name, {"img_size": side}, state, "dinov2", "dinov2")
+
+
+def convert_sit(ckpt: dict, key: str) -> Converted:
+    """{'student', 'teacher', ...} DDP checkpoints: `module.backbone.*` of the chosen network."""
+    if key not in ckpt:
+        raise HubError(f"--format sit: no '{key}' in the checkpoint (keys: {', '.join(map(str, ckpt))})")
+    state = strip(tensors(ckpt[key], key, "sit"), "module.backbone.") or strip(ckpt[key], "backbone.")
+    return timm_vit(state, "sit", "sit")
+
+
+def convert_gmml(ckpt: dict, key: str) -> Converted:
+    """{'SiT_model': DDP state dict}: `module.backbone.*`; the reconstruction head dropped."""
+    if "SiT_model" not in ckpt:
+        raise HubError(f"--format gmml: no 'SiT_model' in the checkpoint (keys: {', '.join(map(str, ckpt))})")
+    state = strip(tensors(ckpt["SiT_model"], "'SiT_model'", "gmml"), "module.backbone.")
+    return timm_vit(state, "gmml", "gmml")
+
+
+def convert_pixpro(ckpt: dict, key: str) -> Converted:
+    """{'model': DDP state dict}: `module.encoder.*` is timm's resnet50; momentum encoder and heads dropped."""
+    state = tensors(ckpt.get("model", ckpt), "'model'", "pixpro")
+    encoder = strip(state, "module.encoder.") or strip(state, "encoder.")
+    if not encoder:
+        raise HubError("--format pixpro: no module.encoder.* weights (the PixPro checkpoint's online ResNet)")
+    return load_strict("resnet50", {}, encoder, "pixpro", "pixpro")
+
+
+FORMATS: dict[str, Callable[[dict, str], Converted]] = {
+    "dino": convert_dino, "mae": convert_mae, "dinov2": convert_dinov2, "sit": convert_sit,
+    "gmml": convert_gmml, "pixpro": convert_pixpro,
+}
+
+
+def convert_official(path: Path, fmt: str, key: str = "teacher") -> Converted:
+    """Read `path` and convert it as `fmt`; `key` picks the network of multi-network checkpoints."""
+    if fmt not in FORMATS:
+        raise HubError(f"--format {fmt!r}: unknown; valid formats: {', '.join(FORMATS)}")
+    return FORMATS[fmt](read_official(Path(path)), key)
+
+
+def official_config(converted: Converted, path: Path, fmt: str, key: str) -> dict:
+    """config.json for a converted release: timm's layout, ImageNet statistics (every format here was
+    trained with them), provenance of the original file."""
+    import datetime
+
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from ssl_zoo.hub.download import sha256_file
+
+    model = converted.model
+    side = model.patch_embed.img_size[0] if hasattr(model, "patch_embed") else 224
+    timm_cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return {
+        "architecture": converted.architecture, "num_classes": 0, "num_features": int(model.num_features),
+        "model_args": converted.model_args,
+        "pretrained_cfg": {
+            "input_size": [3, side, side], "interpolation": "bicubic", "crop_pct": timm_cfg.get("crop_pct", 0.875),
+            "crop_mode": "center", "mean": list(IMAGENET_DEFAULT_MEAN), "std": list(IMAGENET_DEFAULT_STD),
+            "num_classes": 0, "first_conv": timm_cfg.get("first_conv"), "classifier": timm_cfg.get("classifier"),
+            "fixed_input_size": bool(timm_cfg.get("fixed_input_size")),
+        },
+        "ssl_zoo": {
+            "format": 1, "method": converted.method, "dataset": "official release", "steps": 0, "stem": "imagenet",
+            "timm_compatible": True, "metrics": {},
+            "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "official": {"file": path.name, "format": fmt, "key": key, "file_sha256": sha256_file(path)},
+        },
+    }
+
+
+def import_official(path: Path, fmt: str, name: str, hub_dir: Path, key: str = "teacher",
+                    overwrite: bool = False) -> Path:
+    """Convert an official checkpoint and add it to the hub folder as NAME (see `ssl-zoo hub import-official`)."""
+    from ssl_zoo.hub.export import write_hub_model
+    from ssl_zoo.hub.index import check_name
+
+    check_name(name)
+    converted = convert_official(Path(path), fmt, key)
+    return write_hub_model(Path(hub_dir), name, converted.model, official_config(converted, Path(path), fmt, key),
+                           overwrite)

@@ -1,0 +1,162 @@
+"""Official checkpoints -> hub: state dicts with exactly the released names and shapes
+(../shared/official-layouts/*.tsv, random values) in the official containers, converted, loaded
+back from the hub, and compared with timm models built from the same weights."""
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from ssl_zoo.cli import build_parser
+from ssl_zoo.cli import main as cli_main
+from ssl_zoo.hub import HubError, load
+from ssl_zoo.hub.official import FORMATS, convert_official, import_official
+
+LAYOUTS = Path(__file__).resolve().parents[2] / "shared" / "official-layouts"
+if not LAYOUTS.is_dir():
+    LAYOUTS = Path("/work/shared/official-layouts")
+
+
+def layout(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every entry of an official state dict, random values of the listed shapes."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for line in (LAYOUTS / f"{name}.tsv").read_text().splitlines():
+        key, shape = line.split("\t")
+        dims = tuple(int(d) for d in re.findall(r"\d+", shape))
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(0)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(dims, generator=gen) + 0.5
+        else:
+            state[key] = torch.randn(dims, generator=gen) * 0.02
+    return state
+
+
+def save(tmp_path: Path, obj: object, name: str = "official.pth") -> Path:
+    path = tmp_path / name
+    torch.save(obj, path)
+    return path
+
+
+def same_function(model: torch.nn.Module, reference: torch.nn.Module, side: int) -> None:
+    x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), reference.eval()(x), atol=1e-5)
+
+
+def timm_with(architecture: str, state: dict, **model_args) -> torch.nn.Module:
+    model = timm.create_model(architecture, num_classes=0, **model_args)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def test_dino_backbone_and_full_checkpoint_teacher(tmp_path):
+    backbone = layout("dino_vit_small_p16_backbone")
+    converted = convert_official(save(tmp_path, backbone), "dino")
+    assert converted.architecture == "vit_small_patch16_224"
+    reference = timm_with("vit_small_patch16_224", backbone)
+    same_function(converted.model, reference, 224)
+
+    teacher, student = layout("dino_vit_small_p16_full_checkpoint_teacher", 1), \
+        layout("dino_vit_small_p16_full_checkpoint_student", 2)
+    full = {"teacher": teacher, "student": student, "epoch": 100, "optimizer": {},
+            "args": argparse.Namespace(arch="vit_small", lr=0.0005)}  # training checkpoints keep their args
+    path = save(tmp_path, full, "full.pth")
+    folder = import_official(path, "dino", "dino-s16", tmp_path / "hub")
+    loaded = load("dino-s16", hub=tmp_path / "hub")
+    strip = {k.removeprefix("backbone."): v for k, v in teacher.items() if not k.startswith("head.")}
+    same_function(loaded, timm_with("vit_small_patch16_224", strip), 224)
+    meta = json.loads((folder / "config.json").read_text())["ssl_zoo"]
+    assert meta["official"]["format"] == "dino" and meta["official"]["key"] == "teacher"
+    student_model = convert_official(path, "dino", key="student").model
+    assert not torch.equal(student_model.cls_token, loaded.cls_token)  # the key picks the network
+    assert "official **dino** release `full.pth`" in (folder / "README.md").read_text()
+
+
+def test_mae_encoder_from_the_full_pretrain_checkpoint_and_the_global_pool_finetune(tmp_path):
+    full = layout("mae_vit_base_patch16_pretrain_full")
+    converted = convert_official(save(tmp_path, {"model": full}), "mae")
+    encoder = {k: v for k, v in full.items() if not k.startswith(("decoder_", "mask_token"))}
+    same_function(converted.model, timm_with("vit_base_patch16_224", encoder), 224)
+    assert set(converted.model.state_dict()) == set(layout("mae_vit_base_patch16_encoder_only"))
+
+    finetuned = layout("mae_finetune_vit_base_patch16_globalpool")
+    converted = convert_official(save(tmp_path, {"model": finetuned}, "ft.pth"), "mae")
+    assert converted.model_args == {"global_pool": "avg"}
+    body = {k: v for k, v in finetuned.items() if not k.startswith("head.")}
+    same_function(converted.model, timm_with("vit_base_patch16_224", body, global_pool="avg"), 224)
+
+
+@pytest.mark.parametrize("name,architecture", [("dinov2_vitb14_hub", "vit_base_patch14_dinov2"),
+                                               ("dinov2_vitb14_reg4_hub", "vit_base_patch14_reg4_dinov2")])
+def test_dinov2_registers_and_position_folding_match_timms_own_loader(tmp_path, name, architecture):
+    official = layout(name)
+    converted = convert_official(save(tmp_path, official), "dinov2")
+    assert converted.architecture == architecture and converted.model_args == {"img_size": 518}
+    # timm's loader applies its own DINOv2 conversion (checkpoint_filter_fn) to the official dict
+    reference = timm.create_model(architecture, pretrained=True, num_classes=0,
+                                  pretrained_cfg_overlay=dict(state_dict=official))
+    same_function(converted.model, reference, 518)
+
+
+def test_sit_gmml_and_pixpro_containers(tmp_path):
+    sit = layout("sit_vit_small_checkpoint_student_teacher")
+    converted = convert_official(save(tmp_path, {"student": sit, "teacher": sit, "epoch": 1}, "sit.pth"), "sit")
+    backbone = {k.removeprefix("module.backbone."): v for k, v in sit.items() if k.startswith("module.backbone.")}
+    same_function(converted.model, timm_with("vit_small_patch16_224", backbone), 224)
+
+    gmml = layout("gmml_vit_small_checkpoint_SiT_model")
+    converted = convert_official(save(tmp_path, {"SiT_model": gmml}, "gmml.pth"), "gmml")
+    backbone = {k.removeprefix("module.backbone."): v for k, v in gmml.items() if k.startswith("module.backbone.")}
+    same_function(converted.model, timm_with("vit_small_patch16_224", backbone), 224)
+
+    pixpro = layout("pixpro_r50_checkpoint_model")
+    converted = convert_official(save(tmp_path, {"model": pixpro}, "pixpro.pth"), "pixpro")
+    encoder = {k.removeprefix("module.encoder."): v for k, v in pixpro.items() if k.startswith("module.encoder.")}
+    assert converted.architecture == "resnet50"
+    same_function(converted.model, timm_with("resnet50", encoder), 64)
+
+
+def test_wrong_format_foreign_file_and_pickles_are_clear_errors(tmp_path):
+    dino = save(tmp_path, layout("dino_vit_small_p16_backbone"))
+    with pytest.raises(HubError, match="--format pixpro: no module.encoder"):
+        convert_official(dino, "pixpro")
+    with pytest.raises(HubError, match="--format gmml: no 'SiT_model'"):
+        convert_official(dino, "gmml")
+    with pytest.raises(HubError, match="unknown; valid formats: dino, mae, dinov2, sit, gmml, pixpro"):
+        convert_official(dino, "simclr")
+    pixpro = save(tmp_path, {"model": layout("pixpro_r50_checkpoint_model")}, "pixpro.pth")
+    with pytest.raises(HubError, match="--format mae: no patch_embed.proj.weight"):
+        convert_official(pixpro, "mae")
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    with pytest.raises(HubError, match="weights_only=True"):
+        convert_official(tmp_path / "text.pth", "dino")
+
+    class Payload:  # an arbitrary object: must never be unpickled
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    with pytest.raises(HubError, match="weights_only=True"):
+        convert_official(save(tmp_path, {"model": Payload()}, "evil.pth"), "mae")
+    with pytest.raises(HubError, match="no such checkpoint file"):
+        convert_official(tmp_path / "missing.pth", "dino")
+
+
+def test_import_official_cli_lists_every_format(tmp_path, capsys):
+    path = save(tmp_path, {"model": layout("pixpro_r50_checkpoint_model")}, "pixpro.pth")
+    assert cli_main(["hub", "import-official", str(path), "--format", "pixpro", "--name", "pixpro-r50",
+                     "--hub", str(tmp_path / "hub")]) == 0
+    assert "imported" in capsys.readouterr().out
+    assert cli_main(["hub", "list", "--hub", str(tmp_path / "hub")]) == 0
+    assert "pixpro-r50  resnet50      pixpro" in capsys.readouterr().out
+    assert cli_main(["hub", "import-official", str(path), "--format", "pixpro", "--name", "pixpro-r50",
+                     "--hub", str(tmp_path / "hub")]) == 2  # exists: not overwritten
+    assert "already exists" in capsys.readouterr().err
+    help_text = build_parser()._subparsers._group_actions[0].choices["hub"]._subparsers._group_actions[0] \
+        .choices["import-official"].format_help()
+    assert all(fmt in help_text for fmt in FORMATS)
