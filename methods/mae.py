@@ -18,7 +18,7 @@ from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
 from ssl_zoo.backbones import build_backbone, is_vit
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
-from ssl_zoo.masking import random_patch_mask
+from ssl_zoo.masking import masked_and_filled, masked_patch_mse, pixel_targets, random_patch_mask
 from ssl_zoo.methods.base import Method, image_grid
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Progress
@@ -97,13 +97,11 @@ class MAE(Method):
         return self.decoder_pred(decoded[:, prefix:])
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
-        patches = lu.patchify(images, self.patch_size)
-        return lu.normalize_mean_var(patches, dim=-1) if self.cfg.norm_pix_loss else patches
+        return pixel_targets(images, self.patch_size, self.cfg.norm_pix_loss)
 
     def masked_loss(self, pred: torch.Tensor, target: torch.Tensor, idx_mask: torch.Tensor) -> torch.Tensor:
         """Per-patch MSE averaged over masked patches only."""
-        per_patch = ((lu.get_at_index(pred, idx_mask) - lu.get_at_index(target, idx_mask)) ** 2).mean(-1)
-        return per_patch.mean()
+        return masked_patch_mse(pred, target, idx_mask)
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         images = views.crops[0]
@@ -118,10 +116,6 @@ class MAE(Method):
         images = views.crops[0][:8]
         keep, masked = views.extra["idx_keep"][:8], views.extra["idx_mask"][:8]
         pred = self.reconstruct(images, keep).float()
-        patches = lu.patchify(images, self.patch_size)
-        if self.cfg.norm_pix_loss:  # undo the per-patch normalisation with the true patch statistics
-            pred = pred * (patches.var(-1, keepdim=True) + 1e-6).sqrt() + patches.mean(-1, keepdim=True)
-        hidden = lu.set_at_index(patches, masked, torch.zeros_like(lu.get_at_index(patches, masked)))
-        filled = lu.set_at_index(patches, masked, lu.get_at_index(pred, masked))
-        rows = [images, lu.unpatchify(hidden, self.patch_size), lu.unpatchify(filled, self.patch_size)]
+        hidden, filled = masked_and_filled(images, pred, masked, self.patch_size, self.cfg.norm_pix_loss)
+        rows = [images, hidden, filled]
         return {"mae/input_masked_reconstruction": image_grid(self.normalize.inverse(torch.cat(rows)))}

@@ -34,8 +34,10 @@ def bounded(default: Any, lo: float | None = None, hi: float | None = None, **kw
 
 @dataclass
 class DataConfig:
-    kind: Literal["fashion_mnist", "image_folder", "synthetic"] = "fashion_mnist"
+    kind: Literal["fashion_mnist", "image_folder", "synthetic", "pairs", "synthetic_pairs"] = "fashion_mnist"
     path: str = ""  # empty: the kind's default (fashion_mnist: /usr/share/datasets/fashion-mnist)
+    pairs_file: str = ""  # pairs: text/CSV file, one "path1,path2" per line (relative to data.path, else the file)
+    pairs_source: Literal["fashion_mnist", "image_folder", "synthetic"] = "image_folder"  # synthetic_pairs: images
     eval_path: str = ""  # image_folder only: labelled folder used as k-NN query set
     load_size: int = bounded(28, 8, 4096)  # images leave the loader at this square size (uint8)
     channels: int = bounded(3, 1, 64)  # grayscale data is replicated to this many channels

@@ -48,6 +48,14 @@ TINY = {
                                    "gray_p": 0.0}},
                "model": {"backbone": "resnet10t", "stem": "no_maxpool"},
                "optim": {"warmup_epochs": 0.0, "base_lr": 2e-3}},
+    "pixpro": {"method": {"name": "pixpro", "hidden_dim": 64, "out_dim": 32,  # 40 px, no max-pool: 3x3 C5 map
+                          "views": [dict(TINY_VIEW, size=40, blur_p=1.0), dict(TINY_VIEW, size=40, solarize_p=0.2)]},
+               "model": {"backbone": "resnet10t", "stem": "no_maxpool"},
+               "optim": {"warmup_epochs": 0.0, "base_lr": 1.0, "weight_decay": 1e-5}},
+    # CroCo trains on pairs: tests/test_croco.py replaces the data section with data.kind=synthetic_pairs
+    "croco": {"method": {"name": "croco", "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4, "crop_size": 28},
+              "model": {"backbone": "vit_tiny_patch16_224", "patch_size": 7, "img_size": 28},
+              "optim": {"warmup_epochs": 0.0, "base_lr": 1.5e-3}},
 }
 
 

@@ -15,7 +15,8 @@ def run_cli(*args):
 def test_methods_lists_one_line_each(capsys):
     assert main(["methods"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["dino", "gmml", "mae", "selfie", "simclrv2", "sit"]
+    assert [line.split()[0] for line in lines] == [
+        "croco", "dino", "gmml", "mae", "pixpro", "selfie", "simclrv2", "sit"]
 
 
 @pytest.mark.parametrize("command", [[], ["methods"], ["train"], ["config"], ["config", "show"], ["eval"],

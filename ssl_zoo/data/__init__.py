@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ssl_zoo.config import DataConfig
 from ssl_zoo.data.batch import Batch, DataError, to_channels
 from ssl_zoo.data.fashion_mnist import FashionMNIST
 from ssl_zoo.data.image_folder import ImageFolder
+from ssl_zoo.data.pairs import ImagePairs
 from ssl_zoo.data.sampler import ResumableSampler
 from ssl_zoo.data.synthetic import SyntheticImages
 
@@ -16,7 +19,13 @@ __all__ = ["Batch", "DataError", "ResumableSampler", "build_dataset", "build_loa
 
 def build_dataset(cfg: DataConfig, split: str = "train") -> torch.utils.data.Dataset | None:
     """The dataset for `split` ('train' or 'test'); None when the kind has no such labelled split."""
-    if cfg.kind == "fashion_mnist":
+    if cfg.kind == "synthetic_pairs":  # single images; the method cuts the pairs on the device
+        return build_dataset(dataclasses.replace(cfg, kind=cfg.pairs_source), split)
+    if cfg.kind == "pairs":
+        if split != "train":
+            return None
+        ds = ImagePairs(cfg.pairs_file, cfg.path, cfg.load_size, cfg.channels, cfg.on_bad_image)
+    elif cfg.kind == "fashion_mnist":
         ds = FashionMNIST(cfg.path, split, cfg.channels, cfg.load_size)
     elif cfg.kind == "synthetic":
         ds = SyntheticImages(cfg.synthetic_size if split == "train" else max(cfg.synthetic_size // 4, cfg.synthetic_classes),

@@ -1,4 +1,4 @@
-"""The unit the loader hands to the trainer: uint8 images at a fixed size, plus labels."""
+"""The unit the loader hands to the trainer: uint8 images at a fixed size, plus labels (and pairs)."""
 
 from __future__ import annotations
 
@@ -16,16 +16,17 @@ class Batch:
     images: torch.Tensor  # (B, C, H, W) uint8
     labels: torch.Tensor  # (B,) int64, -1 where unlabeled
     indices: torch.Tensor  # (B,) int64 dataset indices
+    pair_images: torch.Tensor | None = None  # (B, C, H, W) uint8: the second image of each pair (data.kind=pairs)
 
     def pin_memory(self) -> "Batch":
-        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.indices.pin_memory())
+        return self._map(lambda t: t.pin_memory())
 
     def to(self, device: torch.device, non_blocking: bool = True) -> "Batch":
-        return Batch(
-            self.images.to(device, non_blocking=non_blocking),
-            self.labels.to(device, non_blocking=non_blocking),
-            self.indices.to(device, non_blocking=non_blocking),
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def _map(self, fn) -> "Batch":
+        pair = None if self.pair_images is None else fn(self.pair_images)
+        return Batch(fn(self.images), fn(self.labels), fn(self.indices), pair)
 
     def __len__(self) -> int:
         return self.images.shape[0]

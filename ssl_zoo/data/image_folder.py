@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -17,6 +18,59 @@ from PIL import Image, UnidentifiedImageError
 from ssl_zoo.data.batch import Batch, DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+
+
+class UnreadableImage(Exception):
+    """`path` could not be decoded (missing, truncated, not an image)."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        super().__init__(f"{path}: {cause}")
+        self.path, self.cause = path, cause
+
+
+def decode_image(path: Path, load_size: int, channels: int) -> torch.Tensor:
+    """(channels, load_size, load_size) uint8: short side resized to load_size, centre square cropped."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            w, h = img.size
+            scale = load_size / min(w, h)
+            img = img.resize((max(load_size, round(w * scale)), max(load_size, round(h * scale))), Image.BICUBIC)
+            w, h = img.size
+            left, top = (w - load_size) // 2, (h - load_size) // 2
+            img = img.crop((left, top, left + load_size, top + load_size))
+            arr = np.asarray(img, dtype=np.uint8)
+    except READ_ERRORS as e:
+        raise UnreadableImage(path, e) from e
+    t = torch.from_numpy(arr.copy())
+    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    return t.expand(channels, -1, -1) if t.shape[0] == 1 and channels > 1 else t
+
+
+T = TypeVar("T")
+
+
+def first_readable(index: int, count: int, read: Callable[[int], T], on_bad_image: str, bad_images: set[str],
+                   where: Path) -> tuple[T, int]:
+    """`read(index)`, or in skip mode the next item (cyclically) whose images all decode.
+
+    Unreadable files are warned about once each and collected in `bad_images`; in 'error' mode the
+    first one raises a DataError naming it.
+    """
+    for attempt in range(count):
+        i = (index + attempt) % count
+        try:
+            return read(i), i
+        except UnreadableImage as e:
+            if on_bad_image == "error":
+                raise DataError(f"unreadable image {e.path}: {e.cause} (set data.on_bad_image=skip to skip it)") from e
+            if str(e.path) not in bad_images:
+                bad_images.add(str(e.path))
+                warnings.warn(f"skipping unreadable image {e.path}: {e.cause} ({len(bad_images)} skipped so far)")
+    raise DataError(f"no readable image under {where}")
 
 
 def _scan(root: Path) -> tuple[list[Path], list[int], list[str]]:
@@ -55,35 +109,10 @@ class ImageFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def _decode(self, path: Path) -> torch.Tensor:
-        with Image.open(path) as img:
-            img = img.convert("L" if self.channels == 1 else "RGB")
-            w, h = img.size
-            scale = self.load_size / min(w, h)
-            img = img.resize((max(self.load_size, round(w * scale)), max(self.load_size, round(h * scale))),
-                             Image.BICUBIC)
-            w, h = img.size
-            left, top = (w - self.load_size) // 2, (h - self.load_size) // 2
-            img = img.crop((left, top, left + self.load_size, top + self.load_size))
-            arr = np.asarray(img, dtype=np.uint8)
-        t = torch.from_numpy(arr.copy())
-        t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-        return t.expand(self.channels, -1, -1) if t.shape[0] == 1 and self.channels > 1 else t
-
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         """Decode image `index`; in skip mode fall forward to the next readable image."""
-        for attempt in range(len(self.files)):
-            i = (index + attempt) % len(self.files)
-            path = self.files[i]
-            try:
-                return self._decode(path), i
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-                if self.on_bad_image == "error":
-                    raise DataError(f"unreadable image {path}: {e} (set data.on_bad_image=skip to skip it)") from e
-                if str(path) not in self.bad_images:
-                    self.bad_images.add(str(path))
-                    warnings.warn(f"skipping unreadable image {path}: {e} ({len(self.bad_images)} skipped so far)")
-        raise DataError(f"no readable image under {self.root}")
+        read = lambda i: decode_image(self.files[i], self.load_size, self.channels)  # noqa: E731
+        return first_readable(index, len(self.files), read, self.on_bad_image, self.bad_images, self.root)
 
     def __getitems__(self, indices: list[int]) -> Batch:
         loaded = [self.load(i) for i in indices]
