@@ -64,6 +64,13 @@ def serve(folder: Path, handler=QuietHandler) -> tuple[ThreadingHTTPServer, str]
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
+def stop(server: ThreadingHTTPServer) -> None:
+    """Stop serving AND close the socket: a listening socket left open makes later requests hang
+    until their timeout instead of failing fast as 'unreachable'."""
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict:
     """Short real runs of every method, exported into one hub; plus each run's backbone and features."""
@@ -186,7 +193,7 @@ def test_http_hub_downloads_into_cache_and_verifies(exported, tmp_path, monkeypa
         assert_same_features(hub.load(f"{url}/mae-vit"), exported, "mae-vit")  # a model folder URL
         assert list((tmp_path / "env_cache").rglob("model.safetensors"))
     finally:
-        server.shutdown()
+        stop(server)
     cached = list(cache.rglob("model.safetensors"))
     assert len(cached) == len(RUNS) and not list(cache.rglob("*.part"))
     # offline: the server is gone; the cached copy still loads (and is re-verified), new names fail clearly
@@ -208,7 +215,7 @@ def test_sha256_mismatch_is_an_error_and_the_bad_file_is_not_kept(exported, tmp_
         with pytest.raises(HubError, match="sha256 mismatch"):
             hub.load("simclrv2-r18", hub=url, cache_dir=tmp_path / "cache")
     finally:
-        server.shutdown()
+        stop(server)
     assert not list((tmp_path / "cache").rglob("model.safetensors*"))
     with pytest.raises(HubError, match="sha256 mismatch"):  # local folders are verified too
         hub.load("simclrv2-r18", hub=served)
@@ -241,7 +248,7 @@ def test_missing_index_and_missing_models_are_clear_errors(exported, tmp_path, m
         with pytest.raises(HubError, match="HTTP 404"):
             hub.load("dino-vit", hub=url, cache_dir=tmp_path / "cache")
     finally:
-        server.shutdown()
+        stop(server)
     monkeypatch.delenv("SSL_ZOO_HUB", raising=False)
     with pytest.raises(HubError, match=r"no hub given.*SSL_ZOO_HUB"):
         hub.load("dino-vit")
@@ -300,7 +307,7 @@ def test_interrupted_download_resumes_with_range(exported, tmp_path):
     try:
         download(f"{url}/dino-vit/model.safetensors", dest, sha256=sha, progress=False)
     finally:
-        server.shutdown()
+        stop(server)
     assert dest.read_bytes() == data and RangeHandler.sent == len(data) - len(data) // 2
 
 
@@ -312,7 +319,7 @@ def test_server_without_range_restarts_the_download(exported, tmp_path):
     try:
         download(f"{url}/dino-vit/model.safetensors", dest, sha256=hashlib.sha256(data).hexdigest(), progress=False)
     finally:
-        server.shutdown()
+        stop(server)
     assert dest.read_bytes() == data
 
 
@@ -368,7 +375,7 @@ def test_cli_export_list_info_download(exported, tmp_path, capsys):
         assert not list((tmp_path / "info").rglob("model.safetensors"))  # info fetches the config only
         assert cli_main(["hub", "download", "r18", "--hub", url, "--cache-dir", str(tmp_path / "c")]) == 0
     finally:
-        server.shutdown()
+        stop(server)
     folder = Path(capsys.readouterr().out.strip())
     assert folder.is_relative_to(tmp_path / "c") and (folder / "model.safetensors").is_file()
     assert cli_main(["export", str(run_dir), "--name", "../x", "--hub", str(hub_dir)]) == 2
