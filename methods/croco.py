@@ -22,6 +22,7 @@ from ssl_zoo.data import Batch
 from ssl_zoo.data.pairs import SyntheticPairSpec, synthetic_pair_views
 from ssl_zoo.masking import masked_and_filled, masked_patch_mse, pixel_targets, random_patch_split
 from ssl_zoo.methods.base import Method, image_grid
+from ssl_zoo.methods.mae import MAE
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Progress
 
@@ -94,12 +95,12 @@ class CroCo(Method):
 
     @classmethod
     def paper_optim(cls) -> OptimConfig:
-        return OptimConfig(name="adamw", base_lr=1.5e-4, lr_scaling="linear", betas=(0.9, 0.95),
-                           weight_decay=0.05, warmup_epochs=40)
+        """MAE's recipe, which CroCo keeps: AdamW (0.9, 0.95), 1.5e-4 x bs/256, wd 0.05, 40 warm-up epochs."""
+        return MAE.paper_optim()
 
     @classmethod
     def default_model(cls) -> dict:
-        return {"backbone": "vit_base_patch16_224"}
+        return MAE.default_model()  # ViT-B/16
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> "CroCo":
