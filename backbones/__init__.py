@@ -57,10 +57,19 @@ def is_vit(model: nn.Module) -> bool:
 
 
 def adapt_stem(model: nn.Module, stem: str) -> nn.Module:
-    """ResNet stems for small images: 'cifar' = 3x3 stride-1 conv, no max-pool (what GPU recipes
-    use; 4x4 less downsampling); 'no_maxpool' = the ImageNet 7x7/2 conv without the max-pool
-    (2x2 less downsampling, a quarter of cifar's cost). 'imagenet' leaves timm's model as is."""
+    """Changes timm has no constructor argument for, recorded in BackboneSpec.stem so the hub can
+    redo them. ResNet stems for small images: 'cifar' = 3x3 stride-1 conv, no max-pool (what GPU
+    recipes use; 4x4 less downsampling); 'no_maxpool' = the ImageNet 7x7/2 conv without the max-pool
+    (2x2 less downsampling, a quarter of cifar's cost). 'no_layer_scale': an Eva (RoPE ViT) without
+    LayerScale, which timm.create_model cannot build (it drops init_values=None and keeps the
+    architecture's default). 'imagenet' leaves timm's model as is."""
     if stem == "imagenet":
+        return model
+    if stem == "no_layer_scale":
+        if not hasattr(model, "blocks") or not all(hasattr(b, "gamma_1") for b in model.blocks):
+            raise ConfigError(f"stem no_layer_scale applies to timm Eva models only, not {type(model).__name__}")
+        for block in model.blocks:
+            block.gamma_1 = block.gamma_2 = None  # Eva's blocks skip the scale when it is None
         return model
     if not hasattr(model, "conv1") or not hasattr(model, "maxpool"):
         raise ConfigError(f"model.stem={stem} applies to ResNets only, not {type(model).__name__}")

@@ -14,6 +14,7 @@ Decoder: timm has no block with cross-attention, so it is written here; its RoPE
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import torch
@@ -26,30 +27,37 @@ from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ssl_zoo.backbones import build_backbone
+from ssl_zoo.backbones import adapt_stem, build_backbone
 from ssl_zoo.config import ConfigError, ModelConfig
 
 PosEmbed = Literal["cosine", "rope"]
 
 
+def encoder_args(pos_embed: PosEmbed, rope_base: float = 100.0) -> dict:
+    """timm constructor arguments of CroCo's encoder (also what official CroCo weights load into)."""
+    common = {"class_token": False, "global_pool": "avg", "dynamic_img_size": False}
+    if pos_embed == "cosine":
+        return {**common, "fc_norm": False}
+    return {**common, "use_fc_norm": False, "init_values": None, "use_abs_pos_emb": False,
+            "rope_temperature": rope_base, "rope_grid_indexing": "ij", "rope_rotate_half": True}
+
+
 def build_croco_encoder(cfg: ModelConfig, pos_embed: PosEmbed, rope_base: float = 100.0, img_size: int = 224,
                         in_chans: int = 3) -> nn.Module:
     """The timm ViT CroCo encodes both images with: no class token, mean-pooled features for k-NN."""
-    common = {"class_token": False, "global_pool": "avg", "dynamic_img_size": False}
-    if pos_embed == "cosine":
-        arch, extra = VisionTransformer, {"fc_norm": False}
-    else:
-        arch, extra = Eva, {"use_fc_norm": False, "init_values": None, "use_abs_pos_emb": False,
-                            "rope_temperature": rope_base, "rope_grid_indexing": "ij", "rope_rotate_half": True}
+    arch = VisionTransformer if pos_embed == "cosine" else Eva
     hint = ("a timm VisionTransformer, e.g. vit_base_patch16_224" if pos_embed == "cosine"
             else "a timm RoPE ViT, e.g. vit_base_patch16_rope_224")
     try:
-        vit = build_backbone(cfg, in_chans=in_chans, img_size=img_size, **common, **extra)
+        vit = build_backbone(cfg, in_chans=in_chans, img_size=img_size, **encoder_args(pos_embed, rope_base))
     except TypeError as e:
         raise ConfigError(f"model.backbone: CroCo with method.pos_embed={pos_embed} needs {hint}, "
                           f"got {cfg.backbone!r} ({e})") from e
     if type(vit) is not arch or (pos_embed == "rope" and vit.rope is None):
         raise ConfigError(f"model.backbone: CroCo with method.pos_embed={pos_embed} needs {hint}, got {cfg.backbone!r}")
+    if pos_embed == "rope":  # CroCo has no LayerScale; timm's RoPE ViTs default to it
+        adapt_stem(vit, "no_layer_scale")
+        vit.zoo_spec = dataclasses.replace(vit.zoo_spec, stem="no_layer_scale")
     return vit
 
 

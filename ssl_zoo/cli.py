@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_hub_download)
     q = hsub.add_parser("import-official", help="convert an official released checkpoint into a hub model")
     q.add_argument("file", help="the released .pth/.pt/.safetensors file (read with weights_only=True)")
-    q.add_argument("--format", required=True, help="which release it is: dino, mae, dinov2, sit, gmml, pixpro")
+    q.add_argument("--format", required=True, help="which release it is: dino, mae, dinov2, sit, gmml, pixpro, croco")
     q.add_argument("--name", required=True, help="model name in the hub (letters, digits, . _ -)")
     q.add_argument("--hub", required=True, help="hub folder; created if missing, index.json updated")
     q.add_argument("--key", default="teacher", help="network of multi-network checkpoints (DINO, SiT): "

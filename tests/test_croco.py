@@ -10,7 +10,7 @@ import timm
 import torch
 from PIL import Image
 
-from ssl_zoo.backbones import rebuild_backbone, spec_of
+from ssl_zoo.backbones import adapt_stem, rebuild_backbone, spec_of
 from ssl_zoo.backbones.croco import Attention, DecoderBlock, rope_embedding
 from ssl_zoo.config import ConfigError, DataConfig, load_config
 from ssl_zoo.data import Batch, DataError, build_dataset
@@ -170,10 +170,13 @@ def test_v2_encoder_is_timm_rope_vit_base_100_without_cls_and_translation_invari
     assert torch.allclose(method.decoder.rope.bands, croco_bands(16))  # decoder 64 wide, 4 heads
     assert torch.allclose(croco_bands(16), torch.tensor([1.0, 100 ** -0.25, 0.1, 100 ** -0.75]))
     assert spec_of(vit).architecture == "vit_small_patch16_rope_224"
+    # CroCo has no LayerScale (timm's RoPE ViTs default to one, and create_model ignores init_values=None)
+    assert spec_of(vit).stem == "no_layer_scale" and not any("gamma" in k for k in vit.state_dict())
 
     # the whole encoder: all positions moved by 5 patches -> same tokens
     moved = timm.create_model("vit_small_patch16_rope_224", num_classes=0,
                               **{**spec_of(vit).model_args, "rope_grid_offset": 5.0})
+    adapt_stem(moved, "no_layer_scale")
     moved.load_state_dict(vit.state_dict())
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():

@@ -32,6 +32,8 @@ def layout(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
             state[key] = torch.tensor(0)
         elif key.endswith("running_var"):
             state[key] = torch.rand(dims, generator=gen) + 0.5
+        elif len(dims) == 1 and key.endswith(("weight", "gamma")):  # norm and layer scales: around 1
+            state[key] = 1.0 + torch.randn(dims, generator=gen) * 0.02
         else:
             state[key] = torch.randn(dims, generator=gen) * 0.02
     return state
@@ -122,13 +124,59 @@ def test_sit_gmml_and_pixpro_containers(tmp_path):
     same_function(converted.model, timm_with("resnet50", encoder), 64)
 
 
+def test_croco_v2_rope_encoder_matches_timms_eva_with_the_documented_qk_order(tmp_path):
+    from functools import partial
+
+    from timm.models.eva import Eva
+
+    from ssl_zoo.backbones.croco import build_croco_encoder
+    from ssl_zoo.config import ModelConfig
+
+    official = layout("crocov2_vitb_basedec_rope100")
+    for key in [k for k in official if k.endswith("attn.qkv.weight")]:
+        official[key] = official[key] * 5  # attention logits of order 1: RoPE's channel order must matter
+    kwargs = {"enc_embed_dim": 768, "enc_depth": 12, "enc_num_heads": 12, "dec_embed_dim": 768, "dec_depth": 12,
+              "dec_num_heads": 12, "pos_embed": "RoPE100"}
+    converted = convert_official(save(tmp_path, {"model": official, "croco_kwargs": kwargs}), "croco")
+    expected_keys = [line.split("\t")[0] for line in
+                     (LAYOUTS / "timm_eva_croco_encoder_equivalent.tsv").read_text().splitlines()]
+    assert sorted(converted.model.state_dict()) == sorted(expected_keys)
+    # the reference: timm's Eva as ../shared/official-layouts/README.md specifies it, holding the official
+    # encoder weights renamed and, inside every head, q/k channels 16-31 swapped with 32-47
+    encoder = {k.replace("enc_blocks.", "blocks.").replace("enc_norm.", "norm."): v for k, v in official.items()
+               if k.startswith(("enc_blocks.", "enc_norm.", "patch_embed."))}
+    swap = torch.arange(768 * 3)
+    for head in range(24):  # 12 q heads, then 12 k heads
+        base = head * 64
+        swap[base + 16:base + 32], swap[base + 32:base + 48] = torch.arange(base + 32, base + 48), \
+            torch.arange(base + 16, base + 32)
+    for key in [k for k in encoder if k.endswith("attn.qkv.weight") or k.endswith("attn.qkv.bias")]:
+        encoder[key] = encoder[key][swap]
+    reference = Eva(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, num_classes=0,
+                    attn_type="rope", qkv_bias=True, class_token=False, global_pool="avg",
+                    use_abs_pos_emb=False, use_rot_pos_emb=True,
+                    rope_temperature=100, rope_rotate_half=True, rope_grid_indexing="ij", init_values=None,
+                    use_fc_norm=False, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+    reference.load_state_dict(encoder, strict=True)
+    same_function(converted.model, reference, 224)
+    # ... and it is the encoder the zoo's CroCo trains (the same timm model and arguments)
+    zoo = build_croco_encoder(ModelConfig(backbone="vit_base_patch16_rope_224"), "rope")
+    zoo.load_state_dict(converted.model.state_dict(), strict=True)
+    same_function(zoo, reference, 224)
+    unpermuted = {k.replace("enc_blocks.", "blocks.").replace("enc_norm.", "norm."): v for k, v in official.items()
+                  if k.startswith(("enc_blocks.", "enc_norm.", "patch_embed."))}
+    reference.load_state_dict(unpermuted, strict=True)  # the keys load, but the function differs
+    with pytest.raises(AssertionError):
+        same_function(converted.model, reference, 224)
+
+
 def test_wrong_format_foreign_file_and_pickles_are_clear_errors(tmp_path):
     dino = save(tmp_path, layout("dino_vit_small_p16_backbone"))
     with pytest.raises(HubError, match="--format pixpro: no module.encoder"):
         convert_official(dino, "pixpro")
     with pytest.raises(HubError, match="--format gmml: no 'SiT_model'"):
         convert_official(dino, "gmml")
-    with pytest.raises(HubError, match="unknown; valid formats: dino, mae, dinov2, sit, gmml, pixpro"):
+    with pytest.raises(HubError, match="unknown; valid formats: dino, mae, dinov2, sit, gmml, pixpro, croco"):
         convert_official(dino, "simclr")
     pixpro = save(tmp_path, {"model": layout("pixpro_r50_checkpoint_model")}, "pixpro.pth")
     with pytest.raises(HubError, match="--format mae: no patch_embed.proj.weight"):

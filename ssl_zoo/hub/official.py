@@ -20,6 +20,7 @@ import timm
 import torch
 from torch import nn
 
+from ssl_zoo.backbones import BackboneSpec, rebuild_backbone
 from ssl_zoo.hub.index import HubError
 
 VIT_SIZES = {(384, 12): "small", (768, 12): "base", (1024, 24): "large", (1280, 32): "huge", (1536, 40): "giant"}
@@ -33,6 +34,7 @@ class Converted:
     architecture: str
     model_args: dict
     method: str
+    stem: str = "imagenet"  # BackboneSpec.stem: a change timm cannot express ('imagenet': none)
 
 
 def read_official(path: Path) -> dict:
@@ -91,14 +93,15 @@ def timm_vit(state: dict, fmt: str, method: str, **model_args) -> Converted:
     return load_strict(architecture, model_args, state, fmt, method)
 
 
-def load_strict(architecture: str, model_args: dict, state: dict, fmt: str, method: str) -> Converted:
-    model = timm.create_model(architecture, num_classes=0, **model_args)
+def load_strict(architecture: str, model_args: dict, state: dict, fmt: str, method: str,
+                stem: str = "imagenet") -> Converted:
+    model = rebuild_backbone(BackboneSpec(architecture, model_args, stem))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise HubError(f"--format {fmt}: the weights do not fit timm's {architecture} {model_args}: "
                        f"{str(e).splitlines()[0]} ...") from e
-    return Converted(model.eval(), architecture, model_args, method)
+    return Converted(model.eval(), architecture, model_args, method, stem)
 
 
 # ----------------------------------------------------------------------------- formats
@@ -169,9 +172,46 @@ def convert_pixpro(ckpt: dict, key: str) -> Converted:
     return load_strict("resnet50", {}, encoder, "pixpro", "pixpro")
 
 
+def rope_pairs_to_timm(qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
+    """CroCo's RoPE2D orders each head's q/k channels [y first half, y second half, x first half,
+    x second half]; timm's rotate-half axial RoPE wants [y first, x first, y second, x second]: swap
+    the middle two quarters of every q and k head (v untouched)."""
+    dim = qkv_weight.shape[1]
+    head_dim = dim // heads
+    quarter = head_dim // 4
+    order = torch.cat([torch.arange(q * quarter, (q + 1) * quarter) for q in (0, 2, 1, 3)])
+    per_head = torch.cat([h * head_dim + order for h in range(heads)])
+    rows = torch.cat([per_head, dim + per_head, torch.arange(2 * dim, 3 * dim)])  # q, k permuted; v as is
+    return qkv_weight[rows], qkv_bias[rows]
+
+
+def convert_croco(ckpt: dict, key: str) -> Converted:
+    """{'model': ..., 'croco_kwargs': ...}: the encoder (`enc_blocks.` -> `blocks.`, `enc_norm.` -> `norm.`,
+    decoder dropped) as the zoo's CroCo encoder: v2 (RoPE, no position table) -> timm's RoPE ViT with q/k
+    channels reordered; v1 (`enc_pos_embed`) -> a no-CLS timm ViT with that fixed sin-cos table."""
+    from ssl_zoo.backbones.croco import encoder_args
+
+    state = tensors(ckpt.get("model", ckpt), "'model'", "croco")
+    if not any(k.startswith("enc_blocks.") for k in state):
+        raise HubError("--format croco: no enc_blocks.* weights (CroCo's encoder)")
+    enc = {re.sub(r"^enc_blocks\.", "blocks.", k).replace("enc_norm.", "norm."): v for k, v in state.items()
+           if k.startswith(("enc_blocks.", "enc_norm.", "patch_embed."))}
+    name, _ = vit_name(enc, "croco")
+    if "enc_pos_embed" in state:  # v1
+        enc["pos_embed"] = state["enc_pos_embed"][None]
+        return load_strict(f"{name}_224", encoder_args("cosine"), enc, "croco", "croco")
+    kwargs = ckpt.get("croco_kwargs", {}) if isinstance(ckpt.get("croco_kwargs"), dict) else {}
+    base = float(re.sub(r"^RoPE", "", str(kwargs.get("pos_embed", "RoPE100"))) or 100)
+    heads = int(kwargs.get("enc_num_heads", 12))
+    for i in {k.split(".")[1] for k in enc if k.startswith("blocks.")}:
+        w, b = f"blocks.{i}.attn.qkv.weight", f"blocks.{i}.attn.qkv.bias"
+        enc[w], enc[b] = rope_pairs_to_timm(enc[w], enc[b], heads)
+    return load_strict(f"{name}_rope_224", encoder_args("rope", base), enc, "croco", "croco", "no_layer_scale")
+
+
 FORMATS: dict[str, Callable[[dict, str], Converted]] = {
     "dino": convert_dino, "mae": convert_mae, "dinov2": convert_dinov2, "sit": convert_sit,
-    "gmml": convert_gmml, "pixpro": convert_pixpro,
+    "gmml": convert_gmml, "pixpro": convert_pixpro, "croco": convert_croco,
 }
 
 
@@ -204,8 +244,8 @@ def official_config(converted: Converted, path: Path, fmt: str, key: str) -> dic
             "fixed_input_size": bool(timm_cfg.get("fixed_input_size")),
         },
         "ssl_zoo": {
-            "format": 1, "method": converted.method, "dataset": "official release", "steps": 0, "stem": "imagenet",
-            "timm_compatible": True, "metrics": {},
+            "format": 1, "method": converted.method, "dataset": "official release", "steps": 0,
+            "stem": converted.stem, "timm_compatible": converted.stem == "imagenet", "metrics": {},
             "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "official": {"file": path.name, "format": fmt, "key": key, "file_sha256": sha256_file(path)},
         },
