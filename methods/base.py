@@ -75,6 +75,17 @@ class Method(nn.Module):
         """The network the hub exports and k-NN evaluates."""
         raise NotImplementedError
 
+    def init_backbone(self, state: dict[str, torch.Tensor]) -> int:
+        """Load pretrained backbone weights into every copy of the backbone the method holds (the
+        online network and EMA teachers alike: each submodule of backbone()'s class and keys).
+        Returns how many copies were loaded."""
+        target = self.backbone()
+        keys = set(target.state_dict())
+        copies = [m for m in self.modules() if type(m) is type(target) and set(m.state_dict()) == keys]
+        for module in copies:
+            module.load_state_dict(state, strict=True)
+        return len(copies)
+
     def finetune_head(self) -> nn.Module | None:
         """A `linear_bn_relu` layer after backbone() that fine-tuning keeps (SimCLRv2: the first
         projection-head layer); None: fine-tune from the backbone's features."""

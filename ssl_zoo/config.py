@@ -55,6 +55,7 @@ class ModelConfig:
     img_size: int = bounded(0, 0)  # ViTs: 0 = data.load_size
     patch_size: int = bounded(0, 0)  # ViTs: 0 = timm default
     drop_path_rate: float = bounded(0.0, 0.0, 1.0)
+    init_from: str = ""  # start from a hub backbone: name (with $SSL_ZOO_HUB), model folder, URL or hf-hub:
 
 
 @dataclass

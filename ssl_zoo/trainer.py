@@ -8,6 +8,7 @@ Methods only turn a batch into views and views into a loss.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 import warnings
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from ssl_zoo import distributed as dist_utils
 from ssl_zoo.checkpoint import CheckpointError, CheckpointManager
-from ssl_zoo.config import ExperimentConfig, dump_yaml, to_dict
+from ssl_zoo.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from ssl_zoo.data import ResumableSampler, build_dataset, build_loader
 from ssl_zoo.eval.knn import knn_eval
 from ssl_zoo.methods.base import Method, build_method
@@ -41,6 +42,21 @@ class TrainResult:
     status: str  # "completed" or "interrupted"
     knn_top1: float | None = None
     signal: int | None = None  # the stop signal this rank received ("interrupted" runs)
+
+
+def init_from_hub(method: Method, spec: str) -> None:
+    """model.init_from: the backbone weights of a hub model (sha256-verified, safetensors) loaded
+    into every copy of the method's backbone, before training starts (a resume then overrides them)."""
+    from ssl_zoo.hub import HubError
+    from ssl_zoo.hub.loading import read_weights
+    from ssl_zoo.hub.source import resolve
+
+    try:
+        folder, expected = resolve(spec, os.environ.get("SSL_ZOO_HUB"))
+        state, _ = read_weights(folder, expected)
+        method.init_backbone(state)
+    except (HubError, RuntimeError) as e:
+        raise ConfigError(f"model.init_from={spec}: {str(e).splitlines()[0]}") from e
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -141,7 +157,10 @@ class Trainer:
         self.total_steps = cfg.train.max_steps or max(1, int(round(cfg.train.epochs * self.steps_per_epoch)))
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        self.method: Method = build_method(cfg).to(self.device)
+        method = build_method(cfg)
+        if cfg.model.init_from:
+            init_from_hub(method, cfg.model.init_from)
+        self.method: Method = method.to(self.device)
         if cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)
         torch.manual_seed(cfg.train.seed + 1000 * self.dist.rank)  # distinct augmentations per rank

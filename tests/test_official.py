@@ -208,3 +208,51 @@ def test_import_official_cli_lists_every_format(tmp_path, capsys):
     help_text = build_parser()._subparsers._group_actions[0].choices["hub"]._subparsers._group_actions[0] \
         .choices["import-official"].format_help()
     assert all(fmt in help_text for fmt in FORMATS)
+
+
+def first_loss(run_dir: Path) -> float:
+    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+
+def test_init_from_continues_pretraining_from_a_hub_model(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from ssl_zoo.config import ConfigError, load_config
+    from ssl_zoo.hub.export import export
+    from ssl_zoo.trainer import Trainer
+    from tests.conftest import tiny_config
+
+    source = Trainer(load_config(tiny_config("mae", tmp_path / "src", train={"max_steps": 3})),
+                     progress_bar=False).fit().run_dir
+    export(source, "mae-tiny", tmp_path / "hub")
+    weights = load_file(str(tmp_path / "hub/mae-tiny/model.safetensors"))
+
+    def run(name: str, by_hand: bool = False, **model) -> Path:
+        cfg = load_config(tiny_config("mae", tmp_path / name, train={"max_steps": 1}, model=model))
+        trainer = Trainer(cfg, progress_bar=False)
+        if by_hand:
+            trainer.method.backbone().load_state_dict(weights, strict=True)
+        return trainer.fit().run_dir
+
+    monkeypatch.setenv("SSL_ZOO_HUB", str(tmp_path / "hub"))
+    initialised = first_loss(run("init", init_from="mae-tiny"))
+    assert initialised != first_loss(run("random"))
+    assert initialised == first_loss(run("by_hand", by_hand=True))
+
+    # methods with EMA teachers start both networks from the weights
+    from ssl_zoo.methods.base import build_method
+
+    dino_run = Trainer(load_config(tiny_config("dino", tmp_path / "dino", train={"max_steps": 1})),
+                       progress_bar=False).fit().run_dir
+    export(dino_run, "dino-tiny", tmp_path / "hub")
+    method = build_method(load_config(tiny_config("dino", tmp_path / "d2")))
+    dino_weights = load_file(str(tmp_path / "hub/dino-tiny/model.safetensors"))
+    assert method.init_backbone(dino_weights) == 2
+    for key, value in dino_weights.items():
+        assert torch.equal(method.student.backbone.state_dict()[key], value)
+        assert torch.equal(method.teacher.backbone.state_dict()[key], value)
+
+    with pytest.raises(ConfigError, match="model.init_from=no-such-model"):
+        run("missing", init_from="no-such-model")
+    with pytest.raises(ConfigError, match="model.init_from=dino-tiny"):  # a ViT-tiny/7 into a ViT-tiny/4
+        run("mismatch", init_from="dino-tiny")
