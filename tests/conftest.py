@@ -72,6 +72,33 @@ def tiny_config(method: str, tmp_path: Path, data: str = "synthetic", **sections
     return cfg
 
 
+def tiny_method(method: str, tmp_path: Path, **overrides):
+    """The tiny `method` of TINY (synthetic data), with method-section overrides, built."""
+    from ssl_zoo.config import load_config
+    from ssl_zoo.methods.base import build_method
+
+    raw = tiny_config(method, tmp_path)
+    raw["method"].update(overrides)
+    return build_method(load_config(raw))
+
+
+def random_images(n: int, size: int = 28, seed: int = 0):
+    """A Batch of n random uint8 RGB images (labels 0), seeded."""
+    from ssl_zoo.data import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    return Batch(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+                 torch.zeros(n, dtype=torch.long), torch.arange(n))
+
+
+def logged_losses(run_dir: Path) -> list[float]:
+    """The loss of every logged step of a run (metrics.jsonl)."""
+    import json
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
 @pytest.fixture
 def python_exe() -> str:
     return sys.executable

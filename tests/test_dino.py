@@ -8,24 +8,18 @@ import torch
 import torch.nn.functional as F
 
 from ssl_zoo.config import load_config
-from ssl_zoo.data import Batch
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.schedules import Progress
 from ssl_zoo.trainer import Trainer
-from tests.conftest import tiny_config
+from tests.conftest import random_images, tiny_config, tiny_method
 
 
 def tiny_dino(tmp_path, **method):
     """The tiny ViT DINO of conftest (patch 4 at 28 px, 12 px locals), with method overrides."""
-    raw = tiny_config("dino", tmp_path)
-    raw["method"].update(method)
-    return build_method(load_config(raw))
+    return tiny_method("dino", tmp_path, **method)
 
 
-def images(n: int, size: int = 28, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
-                 torch.zeros(n, dtype=torch.long), torch.arange(n))
+images = random_images
 
 
 def progress(step: int, steps_per_epoch: int = 100, total: int = 10_000) -> Progress:

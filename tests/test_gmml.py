@@ -1,6 +1,5 @@
 """GMML against its method sheet (METHODS.md): group corruption, masked L1, reconstruction from blocks 6-8-10-12."""
 
-import json
 import math
 
 import pytest
@@ -8,12 +7,11 @@ import torch
 
 from ssl_zoo.config import ConfigError, load_config
 from ssl_zoo.corruption import GroupCorruption, block_masks, group_corrupt
-from ssl_zoo.data import Batch
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.methods.gmml import GMML, masked_l1, patch_tokens, reconstruction_blocks
 from ssl_zoo.schedules import Progress
 from ssl_zoo.trainer import Trainer
-from tests.conftest import tiny_config
+from tests.conftest import logged_losses, random_images, tiny_config, tiny_method
 
 
 @pytest.fixture(autouse=True)
@@ -26,16 +24,11 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def images(n: int, size: int = 28, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
-                 torch.zeros(n, dtype=torch.long), torch.arange(n))
+images = random_images
 
 
 def tiny_gmml(tmp_path, **method):
-    raw = tiny_config("gmml", tmp_path)
-    raw["method"].update(method)
-    return build_method(load_config(raw))
+    return tiny_method("gmml", tmp_path, **method)
 
 
 # ----------------------------------------------------------------------------- corruption
@@ -229,8 +222,7 @@ def test_short_fashion_mnist_run_lowers_the_loss(tmp_path):
                       optim={"base_lr": 3e-2})
     result = Trainer(load_config(raw), progress_bar=False).fit()
     assert result.status == "completed" and result.step == 16
-    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in records if "loss" in r]
+    losses = logged_losses(result.run_dir)
     assert len(losses) == 16 and all(math.isfinite(v) for v in losses)
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.9 * first, losses

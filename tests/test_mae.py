@@ -1,6 +1,5 @@
 """MAE against its method sheet (METHODS.md): masking, encoder input, masked norm-pix loss, sin-cos."""
 
-import json
 import math
 
 import numpy as np
@@ -10,24 +9,18 @@ import torch
 from lightly.models.utils import patchify
 
 from ssl_zoo.config import load_config
-from ssl_zoo.data import Batch
 from ssl_zoo.masking import mask_from_indices
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.schedules import Progress
 from ssl_zoo.trainer import Trainer
-from tests.conftest import tiny_config
+from tests.conftest import logged_losses, random_images, tiny_config, tiny_method
 
 
-def images(n: int, size: int = 28, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
-                 torch.zeros(n, dtype=torch.long), torch.arange(n))
+images = random_images
 
 
 def tiny_mae(tmp_path, **method):
-    raw = tiny_config("mae", tmp_path)
-    raw["method"].update(method)
-    return build_method(load_config(raw))
+    return tiny_method("mae", tmp_path, **method)
 
 
 def official_sincos_2d(embed_dim: int, grid_size: int) -> np.ndarray:
@@ -218,8 +211,7 @@ def test_short_fashion_mnist_run_lowers_the_loss(tmp_path):
     raw = tiny_config("mae", tmp_path, data="fashion_mnist", train={"max_steps": 20, "batch_size": 32})
     result = Trainer(load_config(raw), progress_bar=False).fit()
     assert result.status == "completed" and result.step == 20
-    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in records if "loss" in r]
+    losses = logged_losses(result.run_dir)
     assert len(losses) == 20 and all(math.isfinite(v) for v in losses)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.9 * first, losses

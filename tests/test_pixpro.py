@@ -9,26 +9,20 @@ import torch.nn.functional as F
 
 from ssl_zoo.augment import Views, ViewAugment, ViewSpec
 from ssl_zoo.config import ConfigError, load_config
-from ssl_zoo.data import Batch
 from ssl_zoo.geometry import bin_centres, bin_diagonal, positive_bins
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.methods.pixpro import PixelPropagation, PixPro, pixpro_loss
 from ssl_zoo.schedules import Progress
 from ssl_zoo.trainer import Trainer
-from tests.conftest import tiny_config
+from tests.conftest import random_images, tiny_config, tiny_method
 
 
 def tiny_pixpro(tmp_path, **method) -> PixPro:
     """conftest's tiny PixPro: ResNet-10t without max-pool, 40 px views -> 3x3 C5 map."""
-    raw = tiny_config("pixpro", tmp_path)
-    raw["method"].update(method)
-    return build_method(load_config(raw))
+    return tiny_method("pixpro", tmp_path, **method)
 
 
-def images(n: int, size: int = 28, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
-                 torch.zeros(n, dtype=torch.long), torch.arange(n))
+images = random_images
 
 
 def square_boxes(n: int, seed: int = 0) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """Selfie against its method sheet (METHODS.md): patch grid, P per patch, attention pooling with
 row + column positions, the contrastive choice among the image's masked patches, exported P."""
 
-import json
 import math
 
 import pytest
@@ -12,24 +11,18 @@ from lightly.models.utils import patchify
 from ssl_zoo.backbones import rebuild_backbone, spec_of
 from ssl_zoo.backbones.selfie import build_patch_network, per_patch
 from ssl_zoo.config import ConfigError, ModelConfig, load_config
-from ssl_zoo.data import Batch
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.methods.selfie import Selfie, selfie_view
 from ssl_zoo.trainer import Trainer
-from tests.conftest import tiny_config
+from tests.conftest import logged_losses, random_images, tiny_config, tiny_method
 
 
-def images(n: int, size: int = 28, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
-                 torch.zeros(n, dtype=torch.long), torch.arange(n))
+images = random_images
 
 
 def tiny_selfie(tmp_path, **method) -> Selfie:
-    raw = tiny_config("selfie", tmp_path)
-    raw["method"].update(method)
     torch.manual_seed(0)
-    return build_method(load_config(raw))
+    return tiny_method("selfie", tmp_path, **method)
 
 
 def region(k: int, grid: int = 4, patch: int = 7) -> tuple:
@@ -272,8 +265,7 @@ def test_short_fashion_mnist_run_lowers_the_loss(tmp_path):
     raw = tiny_config("selfie", tmp_path, data="fashion_mnist", train={"max_steps": 20, "batch_size": 32})
     result = Trainer(load_config(raw), progress_bar=False).fit()
     assert result.status == "completed" and result.step == 20
-    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in records if "loss" in r]
+    losses = logged_losses(result.run_dir)
     assert len(losses) == 20 and all(math.isfinite(v) for v in losses)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, losses

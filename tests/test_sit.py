@@ -1,7 +1,6 @@
 """SiT against its method sheet (METHODS.md): latest (EMA teacher, MoCo-v3 contrastive + masked L1)
 and v1 (rotation + contrastive tokens, labelled rotations, uncertainty-weighted losses, L1 on all pixels)."""
 
-import json
 import math
 
 import pytest
@@ -11,12 +10,10 @@ import torch.nn.functional as F
 from ssl_zoo.augment import Normalize, to_unit
 from ssl_zoo.config import ConfigError, load_config
 from ssl_zoo.corruption import V1Distortion, v1_distort
-from ssl_zoo.data import Batch
-from ssl_zoo.methods.base import build_method
 from ssl_zoo.methods.sit import SiT, moco_v3_loss, rotate90, uncertainty_weighted
 from ssl_zoo.schedules import Progress
 from ssl_zoo.trainer import Trainer
-from tests.conftest import tiny_config
+from tests.conftest import logged_losses, random_images, tiny_config, tiny_method
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -31,16 +28,11 @@ def one_thread():
 STEP = Progress(0, 10, 0, 10)
 
 
-def images(n: int, size: int = 28, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
-                 torch.zeros(n, dtype=torch.long), torch.arange(n))
+images = random_images
 
 
 def tiny_sit(tmp_path, **method):
-    raw = tiny_config("sit", tmp_path)
-    raw["method"].update(method)
-    return build_method(load_config(raw))
+    return tiny_method("sit", tmp_path, **method)
 
 
 def keep_output_grad(module: torch.nn.Module, index: int | None = None) -> dict:
@@ -289,8 +281,7 @@ def run_losses(tmp_path, steps: int, **method) -> list[float]:
     raw["method"].update(method)
     result = Trainer(load_config(raw), progress_bar=False).fit()
     assert result.status == "completed" and result.step == steps
-    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in records if "loss" in r]
+    losses = logged_losses(result.run_dir)
     assert len(losses) == steps and all(math.isfinite(v) for v in losses)
     return losses
 
