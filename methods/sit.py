@@ -32,7 +32,7 @@ from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.corruption import GroupCorruption, V1Distortion, v1_distort
 from ssl_zoo.data import Batch
 from ssl_zoo.methods.base import Method, disable_drop_path, frozen_copy
-from ssl_zoo.methods.dino import dino_global_views
+from ssl_zoo.methods.dino import DINO, dino_global_views
 from ssl_zoo.methods.gmml import ReconstructionHead, corrupt_views, masked_l1, reconstruction_grid
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Cosine, Progress
@@ -168,13 +168,13 @@ class SiT(Method):
 
     @classmethod
     def paper_optim(cls) -> OptimConfig:
-        """The latest recipe; the v1 recipe is V1_OPTIM (set in the v1 config's optim section)."""
-        return OptimConfig(name="adamw", base_lr=5e-4, lr_scaling="linear", min_lr=1e-6, warmup_epochs=10,
-                           weight_decay=0.04, weight_decay_end=0.1, clip_grad=3.0, clip_mode="per_parameter")
+        """The latest recipe: DINO's (which SiT's code keeps) with weight decay ending at 0.1; the v1
+        recipe is V1_OPTIM (set in the v1 config's optim section)."""
+        return dataclasses.replace(DINO.paper_optim(), weight_decay_end=0.1)
 
     @classmethod
     def default_model(cls) -> dict:
-        return {"backbone": "vit_small_patch16_224", "drop_path_rate": 0.1}
+        return DINO.default_model()  # ViT-S/16, drop-path 0.1
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> "SiT":

@@ -100,6 +100,16 @@ def logged_losses(run_dir: Path) -> list[float]:
 
 
 @pytest.fixture
+def one_thread():
+    """For tiny models: one thread is as fast on a quiet machine, and on a busy shared 2-core one two
+    threads per process wait on each other (measured up to 10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def python_exe() -> str:
     return sys.executable
 

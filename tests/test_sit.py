@@ -15,14 +15,7 @@ from ssl_zoo.schedules import Progress
 from ssl_zoo.trainer import Trainer
 from tests.conftest import logged_losses, random_images, tiny_config, tiny_method
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast on a quiet machine, and on a busy shared 2-core one
-    two threads per process wait on each other (measured up to 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 STEP = Progress(0, 10, 0, 10)
