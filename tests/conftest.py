@@ -99,6 +99,20 @@ def logged_losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in records if "loss" in r]
 
 
+def fit_losses(raw: dict, steps: int) -> list[float]:
+    """Train the dict config `raw` to completion; its per-step losses (one per step, all finite)."""
+    import math
+
+    from ssl_zoo.config import load_config
+    from ssl_zoo.trainer import Trainer
+
+    result = Trainer(load_config(raw), progress_bar=False).fit()
+    assert result.status == "completed" and result.step == steps
+    losses = logged_losses(result.run_dir)
+    assert len(losses) == steps and all(math.isfinite(v) for v in losses)
+    return losses
+
+
 @pytest.fixture
 def one_thread():
     """For tiny models: one thread is as fast on a quiet machine, and on a busy shared 2-core one two
