@@ -107,5 +107,8 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    """Leave together: a rank that tears gloo down while a peer still talks to it can make that
+    peer abort at exit ("terminate called without an active exception", seen in a clean-clone run)."""
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
