@@ -119,10 +119,30 @@ def cmd_hub_download(args: argparse.Namespace) -> int:
 
 
 def cmd_hub_import_official(args: argparse.Namespace) -> int:
+    from ssl_zoo.hub import HubError, cache_root
     from ssl_zoo.hub.official import import_official
+    from ssl_zoo.hub.releases import resolve_official
 
-    folder = import_official(Path(args.file), args.format, args.name, Path(args.hub), args.key, args.overwrite)
-    print(f"imported {args.file} ({args.format}) as {args.name}: {folder}")
+    path, fmt, key, url = resolve_official(args.source, args.format, args.key, cache_root(args.cache_dir),
+                                           args.mirror, args.sha256)
+    name = args.name or (args.source if url else None)  # a release is named after itself by default
+    if name is None:
+        raise HubError("--name is required when importing a local file")
+    folder = import_official(path, fmt, name, Path(args.hub), key, args.overwrite, url)
+    print(f"imported {url or path} ({fmt}) as {name}: {folder}")
+    return 0
+
+
+def cmd_hub_official(args: argparse.Namespace) -> int:
+    from ssl_zoo.hub import cache_root
+    from ssl_zoo.hub.releases import RELEASES, pins_path, read_pins
+
+    cache = cache_root(args.cache_dir)
+    pins = read_pins(cache)
+    rows = [("name", "format", "sha256 (pinned)", "url")]
+    rows += [(name, r.format, pins.get(r.url, "-")[:16], r.url) for name, r in sorted(RELEASES.items())]
+    print_table(rows)
+    print(f"\npins: {pins_path(cache)} (a release's sha256 is pinned on its first download)")
     return 0
 
 
@@ -352,14 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--hub", help=hub_help)
     q.add_argument("--cache-dir", help=cache_help)
     q.set_defaults(func=cmd_hub_download)
+    q = hsub.add_parser("official", help="the index of official release downloads and their pinned sha256")
+    q.add_argument("--cache-dir", help=cache_help)
+    q.set_defaults(func=cmd_hub_official)
     q = hsub.add_parser("import-official", help="convert an official released checkpoint into a hub model")
-    q.add_argument("file", help="the released .pth/.pt/.safetensors file (read with weights_only=True)")
-    q.add_argument("--format", required=True, help="which release it is: dino, mae, dinov2, sit, gmml, pixpro, croco")
-    q.add_argument("--name", required=True, help="model name in the hub (letters, digits, . _ -)")
+    q.add_argument("source", help="a release name from `ssl-zoo hub official` (downloaded, sha256 pinned on first "
+                   "download and checked after) or a released .pth/.pt/.safetensors file (read with weights_only=True)")
+    q.add_argument("--format", help="which release a file is: dino, mae, dinov2, sit, gmml, pixpro, croco "
+                   "(required for files; a release name knows its own)")
+    q.add_argument("--name", help="model name in the hub (letters, digits, . _ -); default: the release name")
     q.add_argument("--hub", required=True, help="hub folder; created if missing, index.json updated")
-    q.add_argument("--key", default="teacher", help="network of multi-network checkpoints (DINO, SiT): "
-                   "teacher (default) or student")
+    q.add_argument("--key", help="network of multi-network checkpoints (DINO, SiT): teacher (default) or student")
     q.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
+    q.add_argument("--cache-dir", help=cache_help)
+    q.add_argument("--mirror", help="base URL serving the releases as <mirror>/<host>/<path> (offline clusters); "
+                   "default $SSL_ZOO_OFFICIAL_MIRROR")
+    q.add_argument("--sha256", help="expected sha256 of a release download (pinned if none is yet)")
     q.set_defaults(func=cmd_hub_import_official)
     return parser
 

@@ -23,7 +23,8 @@ def model_card(name: str, config: dict) -> str:
         timm_use = (f"# stem={meta['stem']}: not a timm architecture; use ssl_zoo.hub.load, which rebuilds it\n"
                     "# (timm key names, so the weights still read with a plain state_dict load)")
     official = meta.get("official")
-    origin = (f"the official **{meta['method']}** release `{official['file']}` (sha256 `{official['file_sha256']}`), "
+    origin = (f"the official **{meta['method']}** release `{official.get('url', official['file'])}` "
+              f"(sha256 `{official['file_sha256']}`), "
               f"converted by `ssl-zoo hub import-official --format {official['format']}`" if official else
               f"pretrained with **{meta['method']}** by ssl-zoo on `{meta['dataset']}` ({meta['steps']} steps)")
     return f"""# {name}

@@ -222,7 +222,7 @@ def convert_official(path: Path, fmt: str, key: str = "teacher") -> Converted:
     return FORMATS[fmt](read_official(Path(path)), key)
 
 
-def official_config(converted: Converted, path: Path, fmt: str, key: str) -> dict:
+def official_config(converted: Converted, path: Path, fmt: str, key: str, url: str | None = None) -> dict:
     """config.json for a converted release: timm's layout, ImageNet statistics (every format here was
     trained with them), provenance of the original file."""
     import datetime
@@ -247,18 +247,19 @@ def official_config(converted: Converted, path: Path, fmt: str, key: str) -> dic
             "format": 1, "method": converted.method, "dataset": "official release", "steps": 0,
             "stem": converted.stem, "timm_compatible": converted.stem == "imagenet", "metrics": {},
             "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "official": {"file": path.name, "format": fmt, "key": key, "file_sha256": sha256_file(path)},
+            "official": {"file": path.name, "format": fmt, "key": key, "file_sha256": sha256_file(path),
+                         **({"url": url} if url else {})},
         },
     }
 
 
 def import_official(path: Path, fmt: str, name: str, hub_dir: Path, key: str = "teacher",
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, url: str | None = None) -> Path:
     """Convert an official checkpoint and add it to the hub folder as NAME (see `ssl-zoo hub import-official`)."""
     from ssl_zoo.hub.export import write_hub_model
     from ssl_zoo.hub.index import check_name
 
     check_name(name)
     converted = convert_official(Path(path), fmt, key)
-    return write_hub_model(Path(hub_dir), name, converted.model, official_config(converted, Path(path), fmt, key),
+    return write_hub_model(Path(hub_dir), name, converted.model, official_config(converted, Path(path), fmt, key, url),
                            overwrite)
