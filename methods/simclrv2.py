@@ -1,7 +1,8 @@
 """SimCLRv2 (Chen et al., 2020, "Big Self-Supervised Models are Strong Semi-Supervised Learners").
 
 Two views per image, a 3-layer projection head with BN, NT-Xent at tau=0.1 with negatives
-gathered from every rank, both directions summed.
+gathered from every rank, both directions summed. Optional (the paper's v2 option, off by
+default): MoCo-style memory of negatives produced by an EMA copy of encoder and head.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from lightly.loss import NTXentLoss
+from lightly.models.utils import concat_all_gather, update_momentum
 from torch import nn
 
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
 from ssl_zoo.backbones import build_backbone
 from ssl_zoo.config import ExperimentConfig, OptimConfig, bounded
-from ssl_zoo.methods.base import Method, linear_bn_relu
+from ssl_zoo.methods.base import Method, frozen_copy, linear_bn_relu
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Progress
 
@@ -46,6 +49,40 @@ class ProjectionHeadV2(nn.Sequential):
         super().__init__(*blocks)
 
 
+class NegativeQueue(nn.Module):
+    """MoCo's memory: a FIFO of L2-normalised keys, used as the negatives of every query.
+
+    Written here rather than taken from lightly's MemoryBankModule: lightly keeps its bank out of
+    the state dict (persistent=False), so a resumed run would restart from random negatives and
+    not reproduce the uninterrupted run; it also drops the keys that overflow the end of the bank
+    instead of wrapping them around.
+    """
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("keys", nn.functional.normalize(torch.randn(size, dim), dim=1))
+        self.register_buffer("position", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def push(self, keys: torch.Tensor) -> None:
+        """Enqueue the keys of every rank, overwriting the oldest entries."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            keys = concat_all_gather(keys.contiguous())
+        size, count = len(self.keys), len(keys)
+        skipped = max(count - size, 0)  # more keys than slots: only the newest survive anyway
+        rows = (self.position + skipped + torch.arange(count - skipped, device=keys.device)) % size
+        self.keys[rows] = keys[skipped:].to(self.keys.dtype)
+        self.position.copy_((self.position + count) % size)
+
+    def contrast(self, queries: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Cross-entropy of each query against its positive key and every queued negative."""
+        q = nn.functional.normalize(queries, dim=1)
+        k = nn.functional.normalize(positives, dim=1)
+        negatives = self.keys.clone()  # push() overwrites the buffer before backward needs it
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ negatives.T], dim=1) / temperature
+        return nn.functional.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
 @register("simclrv2")
 class SimCLRv2(Method):
     description = "SimCLRv2: two views, NT-Xent (tau 0.1) with negatives from all ranks, 3-layer BN head, LARS"
@@ -58,6 +95,8 @@ class SimCLRv2(Method):
         head_hidden_dim: int = bounded(0, 0)  # 0: the backbone's feature width d
         out_dim: int = bounded(128, 1)
         gather_distributed: bool = True  # negatives from every rank
+        memory_size: int = bounded(0, 0)  # > 0: MoCo-style memory of that many negatives (paper option: 65536)
+        memory_momentum: float = bounded(0.999, 0.0, 1.0)  # EMA of the network that fills the memory
         view: ViewSpec = field(default_factory=simclr_view)
         normalize: Literal["none", "imagenet"] = "none"  # the official code feeds [0, 1] pixels
 
@@ -80,6 +119,10 @@ class SimCLRv2(Method):
         d = backbone.num_features
         self.head = ProjectionHeadV2(d, cfg.head_hidden_dim or d, cfg.out_dim, cfg.head_layers)
         self.ntxent = NTXentLoss(temperature=cfg.temperature, gather_distributed=cfg.gather_distributed)
+        if cfg.memory_size:
+            self.momentum_encoder = frozen_copy(self.encoder)
+            self.momentum_head = frozen_copy(self.head)
+            self.memory = NegativeQueue(cfg.memory_size, cfg.out_dim)
         self.augment = MultiViewAugment([cfg.view, cfg.view], cfg.normalize)
         self.normalize = Normalize(cfg.normalize)
 
@@ -92,10 +135,30 @@ class SimCLRv2(Method):
         with torch.autocast(z0.device.type, enabled=False):
             return 2.0 * self.ntxent(z0.float(), z1.float())
 
+    def memory_loss(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Each view's query against the other view's EMA key and the memory, both directions summed;
+        then both views' keys are queued (fp32 outside autocast, like `loss`)."""
+        with torch.autocast(queries.device.type, enabled=False):
+            q0, q1 = queries.float().chunk(2)
+            k0, k1 = nn.functional.normalize(keys.float(), dim=1).chunk(2)
+            loss = self.memory.contrast(q0, k1, self.cfg.temperature) + self.memory.contrast(q1, k0, self.cfg.temperature)
+        self.memory.push(torch.cat([k1, k0]))
+        return loss
+
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         both = torch.cat(views.crops[:2])
-        z0, z1 = self.head(self.encoder(both)).chunk(2)
-        return {"loss": self.loss(z0, z1)}
+        z = self.head(self.encoder(both))
+        if not self.cfg.memory_size:
+            return {"loss": self.loss(*z.chunk(2))}
+        with torch.no_grad():
+            keys = self.momentum_head(self.momentum_encoder(both))
+        return {"loss": self.memory_loss(z, keys)}
+
+    @torch.no_grad()
+    def after_step(self, progress: Progress) -> None:
+        if self.cfg.memory_size:
+            update_momentum(self.encoder, self.momentum_encoder, m=self.cfg.memory_momentum)
+            update_momentum(self.head, self.momentum_head, m=self.cfg.memory_momentum)
 
     def backbone(self) -> nn.Module:
         return self.encoder

@@ -81,3 +81,44 @@ def test_short_fashion_mnist_run_loss_decreases(tmp_path):
               if "loss" in json.loads(line)]
     assert len(losses) == 8
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
+
+
+def test_memory_loss_against_hand_computed_moco_logits(tmp_path):
+    from tests.conftest import tiny_method
+
+    method = tiny_method("simclrv2", tmp_path, memory_size=6)
+    tau = method.cfg.temperature
+    torch.manual_seed(0)
+    queued = method.memory.keys.clone()
+    q, k = torch.randn(8, 32), torch.randn(8, 32)
+    loss = method.memory_loss(q, k)
+
+    qn, kn = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(k, dim=1)
+    expected = 0.0
+    for query, key in [(qn[:4], kn[4:]), (qn[4:], kn[:4])]:  # each view against the other view's key
+        logits = torch.cat([(query * key).sum(1, keepdim=True), query @ queued.T], 1) / tau
+        expected = expected + torch.nn.functional.cross_entropy(logits, torch.zeros(4, dtype=torch.long))
+    assert torch.allclose(loss, expected, atol=1e-5)
+    # 8 keys into a memory of 6: the oldest 2 are overwritten again, position wraps to 2
+    assert int(method.memory.position) == 2
+    pushed = torch.cat([kn[4:], kn[:4]])
+    assert torch.allclose(method.memory.keys[2:6], pushed[2:6]) and torch.allclose(method.memory.keys[:2], pushed[6:])
+
+
+def test_memory_network_is_an_ema_without_gradients_and_resumes_exactly(tmp_path):
+    from tests.conftest import tiny_method
+    from tests.test_trainer import assert_stop_and_resume_matches_straight_run
+
+    method = tiny_method("simclrv2", tmp_path, memory_size=64, memory_momentum=0.9)
+    before = {k: v.clone() for k, v in method.momentum_encoder.state_dict().items()}
+    online = {k: v.clone() for k, v in method.encoder.state_dict().items()}
+    method.after_step(None)
+    for key, value in method.momentum_encoder.state_dict().items():
+        if value.is_floating_point() and "running" not in key:
+            assert torch.allclose(value, 0.9 * before[key] + 0.1 * online[key]), key
+    assert not any(p.requires_grad for p in [*method.momentum_encoder.parameters(), *method.momentum_head.parameters()])
+    assert {"memory.keys", "memory.position"} <= set(method.state_dict())  # checkpointed with the model
+
+    raw = tiny_config("simclrv2", tmp_path, train={"max_steps": 6, "ckpt_every": 100, "threads": 1})
+    raw["method"]["memory_size"] = 64
+    assert_stop_and_resume_matches_straight_run(raw, stop_after=2)

@@ -87,26 +87,29 @@ def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
     assert 2 <= state["step"] < 10000
 
 
-def test_usr1_interrupt_and_resume_in_process_dino_matches(tmp_path):
-    """DINO state (EMA teacher, centre, frozen-layer timing) survives a signal-driven stop."""
-    base = tiny_config("dino", tmp_path, train={"max_steps": 8, "ckpt_every": 100, "threads": 1})
+def assert_stop_and_resume_matches_straight_run(base: dict, stop_after: int) -> None:
+    """SIGUSR1 after step `stop_after` + 1, a restart, and the same final weights as a straight run."""
     straight = Trainer(load_config(base, ["train.name=straight"]), progress_bar=False).fit()
-
-    cfg = load_config(base, ["train.name=stopped"])
-    trainer = Trainer(cfg, progress_bar=False)
+    trainer = Trainer(load_config(base, ["train.name=stopped"]), progress_bar=False)
     original = trainer.method.after_step
 
     def after_step(progress):
         original(progress)
-        if progress.step == 3:
+        if progress.step == stop_after:
             os.kill(os.getpid(), signal.SIGUSR1)
 
     trainer.method.after_step = after_step
     first = trainer.fit()
-    assert first.status == "interrupted" and first.step == 4
+    assert first.status == "interrupted" and first.step == stop_after + 1
     second = Trainer(load_config(base, ["train.name=stopped"]), progress_bar=False).fit()
-    assert second.status == "completed" and second.step == 8
+    assert second.status == "completed" and second.step == straight.step
     assert_same_weights(final_weights(straight.run_dir), final_weights(second.run_dir))
+
+
+def test_usr1_interrupt_and_resume_in_process_dino_matches(tmp_path):
+    """DINO state (EMA teacher, centre, frozen-layer timing) survives a signal-driven stop."""
+    assert_stop_and_resume_matches_straight_run(
+        tiny_config("dino", tmp_path, train={"max_steps": 8, "ckpt_every": 100, "threads": 1}), stop_after=3)
 
 
 def test_truncated_last_checkpoint_falls_back_to_previous(tmp_path):
