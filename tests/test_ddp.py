@@ -101,6 +101,17 @@ def _worker_loss(args: dict) -> None:
     dist_utils.cleanup()
 
 
+def _worker_queue(args: dict) -> None:
+    from ssl_zoo import distributed as dist_utils
+    from ssl_zoo.methods.simclrv2 import NegativeQueue
+
+    info = dist_utils.init_distributed("cpu")
+    queue = NegativeQueue(args["size"], 4)
+    queue.push(torch.full((3, 4), float(info.rank + 1)))  # each rank's own keys
+    torch.save({"keys": queue.keys, "position": queue.position}, Path(args["out"]) / f"rank{info.rank}.pt")
+    dist_utils.cleanup()
+
+
 # --------------------------------------------------------------------------- tests
 
 
@@ -197,9 +208,17 @@ def test_simclrv2_negatives_and_gradients_across_ranks(tmp_path):
             assert torch.allclose(g, WORLD * full_grad[local], atol=1e-6, rtol=1e-4), (rank, key)
 
 
+def test_simclrv2_memory_queues_the_keys_of_every_rank(tmp_path):
+    launch("queue", {"size": 8, "out": str(tmp_path)})
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    for r in ranks:  # (the random initial keys are rank 0's everywhere once DDP broadcasts buffers)
+        assert int(r["position"]) == 6
+        assert torch.equal(r["keys"][:6], torch.tensor([1.0, 1, 1, 2, 2, 2])[:, None].expand(6, 4))
+
+
 # --------------------------------------------------------------------------- entry point for the ranks
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     mode, raw = sys.argv[1], json.loads(sys.argv[2])
-    {"train": _worker_train, "loss": _worker_loss}[mode](raw)
+    {"train": _worker_train, "loss": _worker_loss, "queue": _worker_queue}[mode](raw)
