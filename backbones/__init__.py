@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import timm
 from torch import nn
 
+from ssl_zoo.backbones import satmae  # noqa: F401  (registers SatMAE++'s group ViTs with timm)
 from ssl_zoo.config import ConfigError, ModelConfig
 
 
@@ -33,8 +34,8 @@ class BackboneSpec:
 
     @property
     def timm_compatible(self) -> bool:
-        """Whether `timm.create_model(architecture, **model_args)` has this exact architecture."""
-        return self.stem == "imagenet"
+        """Whether plain timm (no ssl_zoo import) builds this exact architecture with `timm.create_model`."""
+        return self.stem == "imagenet" and self.architecture not in satmae.ARCHITECTURES
 
 
 def spec_of(model: nn.Module) -> BackboneSpec:
@@ -86,11 +87,12 @@ def build_backbone(cfg: ModelConfig, in_chans: int = 3, img_size: int = 224, **o
     kwargs: dict = {"num_classes": 0, "in_chans": in_chans}
     if cfg.drop_path_rate:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
-    if cfg.backbone.startswith("vit") or cfg.backbone.startswith("deit"):
+    if cfg.backbone.startswith(("vit", "deit", "satmae_group_vit")):
         kwargs["img_size"] = cfg.img_size or img_size
         if cfg.patch_size:
             kwargs["patch_size"] = cfg.patch_size
-        kwargs["dynamic_img_size"] = True  # multi-crop: global and local crops of different sizes
+        if not cfg.backbone.startswith("satmae"):  # SatMAE++'s group ViT is fixed to one size
+            kwargs["dynamic_img_size"] = True  # multi-crop: global and local crops of different sizes
     kwargs.update(overrides)
     model = timm.create_model(cfg.backbone, **kwargs)
     adapt_stem(model, cfg.stem)
@@ -98,3 +100,4 @@ def build_backbone(cfg: ModelConfig, in_chans: int = 3, img_size: int = 224, **o
     build_args = {k: v for k, v in kwargs.items() if k not in ("num_classes", "drop_path_rate")}
     model.zoo_spec = BackboneSpec(cfg.backbone, build_args, cfg.stem)
     return model
+

@@ -8,7 +8,7 @@ student view.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from lightly.loss import DINOLoss
@@ -56,8 +56,42 @@ class MultiCropNetwork(nn.Module):
         return list(out.chunk(len(crops)))
 
 
+def frozen_head_copy(make_head: Callable[[], nn.Module], head: nn.Module) -> nn.Module:
+    """A frozen twin of a weight-normed head. deepcopy cannot copy it (weight_norm keeps
+    `last_layer.weight` as a non-leaf tensor), so the twin is built anew and takes the weights."""
+    twin = make_head()
+    twin.load_state_dict(head.state_dict())
+    return twin.requires_grad_(False)
+
+
+class SelfDistillation(Method):
+    """What DINO and RAD-DINO (DINOv2) share: a student and its EMA teacher (`self.student`,
+    `self.teacher`, same parameter order), the heads' last layers frozen early in training, the
+    teacher's backbone exported. Configs carry `momentum`, `teacher_temp`, `freeze_last_layer_epochs`."""
+
+    def last_layers(self) -> list[nn.Module]:
+        """The head layers kept frozen for the first `freeze_last_layer_epochs`."""
+        return [self.student.head.last_layer]
+
+    def after_backward(self, progress: Progress) -> None:
+        if progress.epoch_float < self.cfg.freeze_last_layer_epochs:
+            for layer in self.last_layers():
+                for p in layer.parameters():
+                    p.grad = None
+
+    @torch.no_grad()
+    def after_step(self, progress: Progress) -> None:
+        update_momentum(self.student, self.teacher, m=self.cfg.momentum(progress))
+
+    def schedule_values(self, progress: Progress) -> dict[str, float]:
+        return {"momentum": self.cfg.momentum(progress), "teacher_temp": self.cfg.teacher_temp(progress)}
+
+    def backbone(self) -> nn.Module:
+        return self.teacher.backbone
+
+
 @register("dino")
-class DINO(Method):
+class DINO(SelfDistillation):
     description = "DINO: multi-crop self-distillation with an EMA teacher, centring and sharpening (ViT-S/16)"
 
     @dataclass
@@ -102,11 +136,7 @@ class DINO(Method):
 
         head = make_head()
         self.student = MultiCropNetwork(backbone, head)
-        # deepcopy cannot copy the head: weight_norm keeps `last_layer.weight` as a non-leaf tensor.
-        # The teacher head is built anew and takes the student's weights (weight_g, weight_v, ...).
-        teacher_head = make_head()
-        teacher_head.load_state_dict(head.state_dict())
-        self.teacher = disable_drop_path(MultiCropNetwork(frozen_copy(backbone), teacher_head.requires_grad_(False)))
+        self.teacher = disable_drop_path(MultiCropNetwork(frozen_copy(backbone), frozen_head_copy(make_head, head)))
         self.criterion = DINOLoss(output_dim=cfg.out_dim, warmup_teacher_temp=cfg.teacher_temp.start,
                                   teacher_temp=cfg.teacher_temp.end, student_temp=cfg.student_temp,
                                   center_momentum=cfg.center_momentum)
@@ -120,18 +150,3 @@ class DINO(Method):
         teacher_temp = self.cfg.teacher_temp(progress)
         loss = self.criterion(teacher_out, student_out, teacher_temp=teacher_temp)
         return {"loss": loss}
-
-    def after_backward(self, progress: Progress) -> None:
-        if progress.epoch_float < self.cfg.freeze_last_layer_epochs:
-            for p in self.student.head.last_layer.parameters():
-                p.grad = None
-
-    @torch.no_grad()
-    def after_step(self, progress: Progress) -> None:
-        update_momentum(self.student, self.teacher, m=self.cfg.momentum(progress))
-
-    def schedule_values(self, progress: Progress) -> dict[str, float]:
-        return {"momentum": self.cfg.momentum(progress), "teacher_temp": self.cfg.teacher_temp(progress)}
-
-    def backbone(self) -> nn.Module:
-        return self.teacher.backbone

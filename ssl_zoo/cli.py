@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = hsub.add_parser("import-official", help="convert an official released checkpoint into a hub model")
     q.add_argument("source", help="a release name from `ssl-zoo hub official` (downloaded, sha256 pinned on first "
                    "download and checked after) or a released .pth/.pt/.safetensors file (read with weights_only=True)")
-    q.add_argument("--format", help="which release a file is: dino, mae, dinov2, sit, gmml, pixpro, croco "
+    q.add_argument("--format", help="which release a file is: dino, mae, dinov2, sit, gmml, pixpro, croco, satmae_pp "
                    "(required for files; a release name knows its own)")
     q.add_argument("--name", help="model name in the hub (letters, digits, . _ -); default: the release name")
     q.add_argument("--hub", required=True, help="hub folder; created if missing, index.json updated")

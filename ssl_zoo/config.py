@@ -34,11 +34,12 @@ def bounded(default: Any, lo: float | None = None, hi: float | None = None, **kw
 
 @dataclass
 class DataConfig:
-    kind: Literal["fashion_mnist", "image_folder", "synthetic", "pairs", "synthetic_pairs"] = "fashion_mnist"
+    kind: Literal["fashion_mnist", "image_folder", "synthetic", "pairs", "synthetic_pairs", "multispectral",
+                  "synthetic_multispectral"] = "fashion_mnist"
     path: str = ""  # empty: the kind's default (fashion_mnist: /usr/share/datasets/fashion-mnist)
     pairs_file: str = ""  # pairs: text/CSV file, one "path1,path2" per line (relative to data.path, else the file)
     pairs_source: Literal["fashion_mnist", "image_folder", "synthetic"] = "image_folder"  # synthetic_pairs: images
-    eval_path: str = ""  # image_folder only: labelled folder used as k-NN query set
+    eval_path: str = ""  # image_folder / multispectral: labelled folder used as k-NN query set
     load_size: int = bounded(28, 8, 4096)  # images leave the loader at this square size (uint8)
     channels: int = bounded(3, 1, 64)  # grayscale data is replicated to this many channels
     num_workers: int = bounded(0, 0, 256)
@@ -46,6 +47,25 @@ class DataConfig:
     limit: int = bounded(0, 0)  # use only the first N training images (0: all)
     synthetic_size: int = bounded(512, 1)
     synthetic_classes: int = bounded(4, 1)
+    # multispectral: band indices kept from each file (empty: all), and per kept band the mean/std that map
+    # mean +- 2 std to [0, 255] (empty: estimated from the files, see ssl_zoo.data.multispectral)
+    bands: list[int] = field(default_factory=list)
+    band_mean: list[float] = field(default_factory=list)
+    band_std: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.bands and (len(set(self.bands)) != len(self.bands) or min(self.bands) < 0):
+            raise ConfigError(f"data.bands={self.bands}: band indices must be distinct and >= 0")
+        if self.bands and len(self.bands) != self.channels:
+            raise ConfigError(f"data.bands keeps {len(self.bands)} bands but data.channels={self.channels}; "
+                              f"set data.channels={len(self.bands)}")
+        for key in ("band_mean", "band_std"):
+            values = getattr(self, key)
+            if values and len(values) != self.channels:
+                raise ConfigError(f"data.{key} has {len(values)} values, one per kept band needed "
+                                  f"(data.channels={self.channels})")
+        if bool(self.band_mean) != bool(self.band_std) or any(v <= 0 for v in self.band_std):
+            raise ConfigError(f"data.band_mean/band_std: give both, with every std > 0 (got {self.band_std})")
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from lightly.models import utils as lu
 
@@ -56,3 +58,56 @@ def masked_and_filled(images: torch.Tensor, pred: torch.Tensor, idx_mask: torch.
     hidden = lu.set_at_index(patches, idx_mask, torch.zeros_like(lu.get_at_index(patches, idx_mask)))
     filled = lu.set_at_index(patches, idx_mask, lu.get_at_index(pred.to(patches.dtype), idx_mask))
     return lu.unpatchify(hidden, patch_size), lu.unpatchify(filled, patch_size)
+
+
+def block_masks(n: int, height: int, width: int, masked_fraction: float = 0.5,
+                ratio: tuple[float, float] = (0.1, 0.5), min_patches: int = 4, min_aspect: float = 0.3,
+                attempts: int = 10, device: torch.device | None = None) -> torch.Tensor:
+    """DINOv2's iBOT block masks (dinov2/data/masking.py MaskingGenerator + collate), batched on the device.
+
+    Exactly int(n * masked_fraction) of the n images (random ones) are masked; the k-th of them aims at
+    int(N * U(r_k, r_k+1)) patches, r = linspace(ratio, masked + 1). An image grows by rectangles of area
+    U(min_patches, still missing) and aspect log-U(min_aspect, 1 / min_aspect) that add 1 .. still missing
+    new patches; per rectangle up to `attempts` tries, and it stops when a rectangle finds no place.
+    Why not lightly's `random_block_mask`: the same rule as a Python loop per image and per rectangle
+    (with a host sync per rectangle on a GPU). Here every image draws its `attempts` candidates at once
+    and takes the first valid one; a rejected try leaves the mask as it was, so that is the same
+    distribution as trying them one after another. Returns (n, height, width) bool, True = masked.
+    """
+    total = height * width
+    n_masked = int(n * masked_fraction)
+    edges = torch.linspace(ratio[0], ratio[1], n_masked + 1, device=device)
+    goal = (total * (edges[:-1] + (edges[1:] - edges[:-1]) * torch.rand(n_masked, device=device))).long()
+    target = torch.zeros(n, dtype=torch.long, device=device)
+    target[torch.randperm(n, device=device)[:n_masked]] = goal
+    mask = torch.zeros(n, height, width, dtype=torch.bool, device=device)
+    count = torch.zeros(n, dtype=torch.long, device=device)
+    rows = torch.arange(height, device=device).view(1, -1, 1)
+    cols = torch.arange(width, device=device).view(1, 1, -1)
+    log_aspect = (math.log(min_aspect), -math.log(min_aspect))
+    active = count < target
+    while bool(active.any()):
+        missing = (target - count).float()[:, None]
+        area = min_patches + (missing - min_patches) * torch.rand(n, attempts, device=device)
+        aspect = torch.exp(log_aspect[0] + (log_aspect[1] - log_aspect[0]) * torch.rand(n, attempts, device=device))
+        h = torch.sqrt(area * aspect).round().long()
+        w = torch.sqrt(area / aspect).round().long()
+        top = (torch.rand(n, attempts, device=device) * (height - h + 1).clamp_min(1)).long()
+        left = (torch.rand(n, attempts, device=device) * (width - w + 1).clamp_min(1)).long()
+        # patches already masked inside each candidate, from the mask's summed-area table
+        table = torch.nn.functional.pad(mask.long().cumsum(1).cumsum(2), (1, 0, 1, 0)).flatten(1)
+        bottom, right = (top + h).clamp_max(height), (left + w).clamp_max(width)
+
+        def corner(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return table.gather(1, y * (width + 1) + x)
+
+        inside = corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left)
+        new = h * w - inside
+        valid = (w < width) & (h < height) & (new > 0) & (new <= missing) & active[:, None]
+        found = valid.any(dim=1)
+        pick = valid.int().argmax(dim=1, keepdim=True)
+        y0, y1, x0, x1 = (t.gather(1, pick)[..., None] for t in (top, bottom, left, right))
+        mask |= (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1) & found[:, None, None]
+        count += new.gather(1, pick).squeeze(1) * found
+        active &= found & (count < target)
+    return mask

@@ -53,9 +53,24 @@ TINY = {
                "model": {"backbone": "resnet10t", "stem": "no_maxpool"},
                "optim": {"warmup_epochs": 0.0, "base_lr": 1.0, "weight_decay": 1e-5}},
     # CroCo trains on pairs: tests/test_croco.py replaces the data section with data.kind=synthetic_pairs
+    # SatMAE++: 48 px crop (x4 target) -> 12 px input, p = 4; tests/test_satmae_pp.py adds multispectral data
+    "satmae_pp": {"method": {"name": "satmae_pp", "groups": [[0, 1], [2]], "group_embed_dim": 64, "decoder_dim": 64,
+                             "decoder_depth": 1, "decoder_heads": 4, "decoder_group_embed_dim": 16,
+                             "view": {"size": 48, "scale": [0.6, 1.0], "interpolation": "bilinear", "jitter_p": 0.0,
+                                      "gray_p": 0.0}},
+                  "model": {"backbone": "satmae_group_vit_tiny_p8", "patch_size": 4},
+                  "optim": {"warmup_epochs": 0.0, "base_lr": 1.5e-3}},
     "croco": {"method": {"name": "croco", "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 4, "crop_size": 28},
               "model": {"backbone": "vit_tiny_patch16_224", "patch_size": 7, "img_size": 28},
               "optim": {"warmup_epochs": 0.0, "base_lr": 1.5e-3}},
+    "rad_dino": {"method": {"name": "rad_dino", "out_dim": 256, "ibot_out_dim": 256, "hidden_dim": 64,
+                            "bottleneck_dim": 32, "n_local": 2,
+                            "global_views": [dict(TINY_VIEW, blur_p=1.0), dict(TINY_VIEW, blur_p=0.1, solarize_p=0.2)],
+                            "local_view": dict(TINY_VIEW, size=14, scale=[0.1, 0.32], blur_p=0.5),
+                            "teacher_temp": {"start": 0.04, "end": 0.07, "epochs": 1},
+                            "freeze_last_layer_epochs": 0.0},
+                 "model": {"backbone": "vit_tiny_patch16_224", "patch_size": 7, "img_size": 28, "drop_path_rate": 0.1},
+                 "optim": {"warmup_epochs": 0.0, "base_lr": 1e-3}},
 }
 
 

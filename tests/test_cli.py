@@ -16,7 +16,7 @@ def test_methods_lists_one_line_each(capsys):
     assert main(["methods"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == [
-        "croco", "dino", "gmml", "mae", "pixpro", "selfie", "simclrv2", "sit"]
+        "croco", "dino", "gmml", "mae", "pixpro", "rad_dino", "satmae_pp", "selfie", "simclrv2", "sit"]
 
 
 @pytest.mark.parametrize("command", [[], ["methods"], ["train"], ["config"], ["config", "show"], ["eval"],

@@ -42,7 +42,7 @@ def test_unknown_key_suggests_closest():
 def test_unknown_section_and_method_name_choices():
     with pytest.raises(ConfigError, match="Valid sections"):
         load_config({"method": {"name": "simclrv2"}, "trian": {}})
-    with pytest.raises(ConfigError, match=r"unknown method 'dinoo'.*Did you mean 'dino'.*Valid choices: croco, dino, gmml, mae, pixpro, selfie, simclrv2, sit"):
+    with pytest.raises(ConfigError, match=r"unknown method 'dinoo'.*Did you mean 'dino'.*Valid choices: croco, dino, gmml, mae, pixpro, rad_dino, satmae_pp, selfie, simclrv2, sit"):
         load_config({"method": {"name": "dinoo"}})
 
 

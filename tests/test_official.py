@@ -170,13 +170,71 @@ def test_croco_v2_rope_encoder_matches_timms_eva_with_the_documented_qk_order(tm
         same_function(converted.model, reference, 224)
 
 
+def first_blocks(state: dict, keep: int) -> dict:
+    """The state with encoder blocks >= keep removed (a ViT-L's 24 blocks are slow to test; shapes unchanged)."""
+    return {k: v for k, v in state.items() if not (k.startswith("blocks.") and int(k.split(".")[1]) >= keep)}
+
+
+def test_satmae_pp_group_channel_encoder_matches_the_official_token_layout(tmp_path):
+    """Reference: the official forward written out (per-group conv patch embed, [pos[1:] || group] added to
+    every (group, location) token, CLS without position, blocks, norm, CLS feature)."""
+    from functools import partial
+
+    from timm.models.vision_transformer import Block
+
+    official = first_blocks(layout("satmaepp_groupc_vitl_p8_96_sentinel_pretrain"), keep=2)
+    groups = [[0, 1, 2, 6], [3, 4, 5, 7], [8, 9]]
+    ckpt = {"model": official, "epoch": 49, "args": argparse.Namespace(grouped_bands=groups, input_size=96)}
+    folder = import_official(save(tmp_path, ckpt), "satmae_pp", "satmae-l", tmp_path / "hub")
+    model = load("satmae-l", hub=tmp_path / "hub")
+    assert type(model).__name__ == "GroupChannelViT" and model.groups == groups and len(model.blocks) == 2
+    config = json.loads((folder / "config.json").read_text())
+    assert config["pretrained_cfg"]["input_size"] == [10, 96, 96] and not config["ssl_zoo"]["timm_compatible"]
+
+    x = torch.randn(2, 10, 96, 96, generator=torch.Generator().manual_seed(3))
+    tokens = []
+    for g, bands in enumerate(groups):
+        w, b = official[f"patch_embed.{g}.proj.weight"], official[f"patch_embed.{g}.proj.bias"]
+        patches = torch.nn.functional.conv2d(x[:, bands], w, b, stride=8).flatten(2).transpose(1, 2)  # (B, 144, D)
+        code = torch.cat([official["pos_embed"][:, 1:], official["channel_embed"][:, g:g + 1].expand(-1, 144, -1)], -1)
+        tokens.append(patches + code)
+    h = torch.cat([official["cls_token"].expand(2, -1, -1), *tokens], 1)
+    assert h.shape[1] == 3 * 144 + 1
+    for i in range(2):
+        block = Block(1024, 16, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+        block.load_state_dict({k[len(f"blocks.{i}."):]: v for k, v in official.items() if k.startswith(f"blocks.{i}.")})
+        h = block(h)
+    reference = torch.nn.functional.layer_norm(h, (1024,), official["norm.weight"], official["norm.bias"], 1e-6)[:, 0]
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference, atol=1e-4)
+
+    # without saved args the released Sentinel grouping is assumed, and must fit the patch embeddings
+    assert convert_official(save(tmp_path, {"model": official}, "bare.pth"), "satmae_pp").model.groups == groups
+    two_groups = {k: v for k, v in official.items() if not k.startswith("patch_embed.2.")}
+    with pytest.raises(HubError, match=r"take \[4, 4\] bands per group.*Sentinel-2 default"):
+        convert_official(save(tmp_path, {"model": two_groups}, "two.pth"), "satmae_pp")
+    finetuned = first_blocks(layout("satmaepp_groupc_vitl_p8_96_finetune"), keep=1)
+    with pytest.raises(HubError, match="fine-tuned group-channel classifier"):
+        convert_official(save(tmp_path, {"model": finetuned}, "ft.pth"), "satmae_pp")
+
+
+def test_satmae_pp_rgb_variant_is_a_plain_timm_vit_without_the_upsampling_head(tmp_path):
+    rgb_head = {k: v for k, v in layout("satmaepp_vanilla_vitl_p16_224_rgb_pretrain").items()
+                if k.startswith(("proj_up_", "up_block."))}
+    encoder = layout("mae_vit_base_patch16_encoder_only")  # a ViT-B stands in for the ViT-L: same key pattern
+    converted = convert_official(save(tmp_path, {"model": {**encoder, **rgb_head}}), "satmae_pp")
+    assert converted.architecture == "vit_base_patch16_224" and converted.method == "satmae_pp"
+    same_function(converted.model, timm_with("vit_base_patch16_224", encoder), 224)
+    assert converted.stats[0] == pytest.approx((0.4182, 0.4215, 0.3991))  # fMoW-RGB statistics
+
+
 def test_wrong_format_foreign_file_and_pickles_are_clear_errors(tmp_path):
     dino = save(tmp_path, layout("dino_vit_small_p16_backbone"))
     with pytest.raises(HubError, match="--format pixpro: no module.encoder"):
         convert_official(dino, "pixpro")
     with pytest.raises(HubError, match="--format gmml: no 'SiT_model'"):
         convert_official(dino, "gmml")
-    with pytest.raises(HubError, match="unknown; valid formats: dino, mae, dinov2, sit, gmml, pixpro, croco"):
+    with pytest.raises(HubError, match="unknown; valid formats: dino, mae, dinov2, sit, gmml, pixpro, croco, satmae_pp"):
         convert_official(dino, "simclr")
     pixpro = save(tmp_path, {"model": layout("pixpro_r50_checkpoint_model")}, "pixpro.pth")
     with pytest.raises(HubError, match="--format mae: no patch_embed.proj.weight"):

@@ -22,6 +22,8 @@ from ssl_zoo.config import bounded
 
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "fmow_rgb": ((0.4182, 0.4215, 0.3991), (0.2877, 0.2754, 0.2764)),  # SatMAE(++) fMoW-RGB statistics
+    "rad_dino": ((0.5307,), (0.2583,)),  # RAD-DINO's chest X-ray statistics (its inference processor)
     "none": None,
 }
 
@@ -83,6 +85,14 @@ class Normalize(nn.Module):
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 batch -> float in [0, 1]."""
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+def minmax_scale(images: torch.Tensor) -> torch.Tensor:
+    """Per-image intensity min-max to [0, 1] (radiographs: each X-ray's own range fills the scale)."""
+    x = images.float()
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-6)
 
 
 def center_crop_or_resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -160,7 +170,8 @@ def solarize(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 class ViewAugment(nn.Module):
-    """One view of a batch: crop, flip, colour jitter, grayscale, blur, solarize, normalise."""
+    """One view of a batch: crop, flip, colour jitter, grayscale, blur, solarize, normalise. Crop, flip and
+    solarize work on any band count; the colour ops only on 1 or 3 channels."""
 
     def __init__(self, spec: ViewSpec, normalize: str = "none") -> None:
         super().__init__()
@@ -189,6 +200,9 @@ class ViewAugment(nn.Module):
         if view.shape[1] == 1 and len(self.color):  # kornia colour ops want RGB
             view = self.color(view.expand(-1, 3, -1, -1))[:, :1]
         elif len(self.color):
+            if view.shape[1] != 3:  # multispectral bands: crop and flip only
+                raise ValueError(f"colour jitter, grayscale and blur need 1 or 3 channels, got {view.shape[1]}; "
+                                 "set jitter_p, gray_p and blur_p to 0 for multi-band images")
             view = self.color(view)
         view = solarize(view.clamp(0, 1), self.spec.solarize_p)
         norm_boxes = boxes / torch.tensor([width, height, width, height], device=x.device, dtype=boxes.dtype)

@@ -10,6 +10,8 @@ from ssl_zoo.config import DataConfig
 from ssl_zoo.data.batch import Batch, DataError, to_channels
 from ssl_zoo.data.fashion_mnist import FashionMNIST
 from ssl_zoo.data.image_folder import ImageFolder
+from ssl_zoo.data.multispectral import (MultispectralFolder, SyntheticMultispectral,
+                                          folder_band_statistics)
 from ssl_zoo.data.pairs import ImagePairs
 from ssl_zoo.data.sampler import ResumableSampler
 from ssl_zoo.data.synthetic import SyntheticImages
@@ -27,9 +29,10 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> torch.utils.data.Dat
         ds = ImagePairs(cfg.pairs_file, cfg.path, cfg.load_size, cfg.channels, cfg.on_bad_image)
     elif cfg.kind == "fashion_mnist":
         ds = FashionMNIST(cfg.path, split, cfg.channels, cfg.load_size)
-    elif cfg.kind == "synthetic":
-        ds = SyntheticImages(cfg.synthetic_size if split == "train" else max(cfg.synthetic_size // 4, cfg.synthetic_classes),
-                             cfg.synthetic_classes, cfg.load_size, cfg.channels, seed=0 if split == "train" else 1)
+    elif cfg.kind in ("synthetic", "synthetic_multispectral"):
+        cls = SyntheticImages if cfg.kind == "synthetic" else SyntheticMultispectral
+        ds = cls(cfg.synthetic_size if split == "train" else max(cfg.synthetic_size // 4, cfg.synthetic_classes),
+                 cfg.synthetic_classes, cfg.load_size, cfg.channels, seed=0 if split == "train" else 1)
     elif cfg.kind == "image_folder":
         path = cfg.path if split == "train" else cfg.eval_path
         if not path:
@@ -37,6 +40,14 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> torch.utils.data.Dat
                 raise DataError("data.path is required for data.kind=image_folder")
             return None
         ds = ImageFolder(path, cfg.load_size, cfg.channels, cfg.on_bad_image)
+    elif cfg.kind == "multispectral":
+        path = cfg.path if split == "train" else cfg.eval_path
+        if not path:
+            if split == "train":
+                raise DataError("data.path is required for data.kind=multispectral")
+            return None
+        mean, std = (cfg.band_mean, cfg.band_std) if cfg.band_mean else folder_band_statistics(cfg.path, cfg.bands)
+        ds = MultispectralFolder(path, cfg.load_size, cfg.channels, cfg.bands, mean, std, cfg.on_bad_image)
     else:  # the config schema already restricts the kinds
         raise DataError(f"unknown data.kind {cfg.kind!r}")
     if split == "train" and cfg.limit:

@@ -73,7 +73,7 @@ def first_readable(index: int, count: int, read: Callable[[int], T], on_bad_imag
     raise DataError(f"no readable image under {where}")
 
 
-def _scan(root: Path) -> tuple[list[Path], list[int], list[str]]:
+def _scan(root: Path, extensions: set[str] = IMAGE_EXTENSIONS) -> tuple[list[Path], list[int], list[str]]:
     if not root.exists():
         raise DataError(f"data.path does not exist: {root}")
     if not root.is_dir():
@@ -84,14 +84,14 @@ def _scan(root: Path) -> tuple[list[Path], list[int], list[str]]:
     if classes:
         for label, name in enumerate(classes):
             for f in sorted((root / name).rglob("*")):
-                if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                if f.suffix.lower() in extensions and f.is_file():
                     files.append(f)
                     labels.append(label)
     else:
-        files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+        files = sorted(f for f in root.iterdir() if f.suffix.lower() in extensions and f.is_file())
         labels = [-1] * len(files)
     if not files:
-        raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}")
+        raise DataError(f"no images ({', '.join(sorted(extensions))}) found under {root}")
     return files, labels, classes
 
 

@@ -20,7 +20,8 @@ def model_card(name: str, config: dict) -> str:
                     f'                          pretrained_cfg_overlay=dict(file="{name}/model.safetensors"),\n'
                     f'                          **{config.get("model_args", {})!r})')
     else:
-        timm_use = (f"# stem={meta['stem']}: not a timm architecture; use ssl_zoo.hub.load, which rebuilds it\n"
+        timm_use = (f"# {config['architecture']} (stem={meta['stem']}) is not a plain timm architecture; use "
+                    "ssl_zoo.hub.load, which rebuilds it\n"
                     "# (timm key names, so the weights still read with a plain state_dict load)")
     official = meta.get("official")
     origin = (f"the official **{meta['method']}** release `{official.get('url', official['file'])}` "

@@ -71,7 +71,7 @@ def build_from_folder(folder: Path, num_classes: int = 0, expected_sha256: str |
         else:
             model = rebuild_backbone(spec)
             model.load_state_dict(state, strict=True)
-            model.pretrained_cfg = dict(model.pretrained_cfg, **pretrained_cfg)
+            model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}), **pretrained_cfg)
             if num_classes:
                 model.reset_classifier(num_classes)
     except RuntimeError as e:  # missing/unexpected keys or shape mismatches

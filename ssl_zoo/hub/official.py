@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +35,7 @@ class Converted:
     model_args: dict
     method: str
     stem: str = "imagenet"  # BackboneSpec.stem: a change timm cannot express ('imagenet': none)
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # input mean/std per band; None: ImageNet's
 
 
 def read_official(path: Path) -> dict:
@@ -209,9 +210,53 @@ def convert_croco(ckpt: dict, key: str) -> Converted:
     return load_strict(f"{name}_rope_224", encoder_args("rope", base), enc, "croco", "croco", "no_layer_scale")
 
 
+def satmae_groups(ckpt: dict, sizes: list[int]) -> list[list[int]]:
+    """Band groups of a group-channel checkpoint: its training args' `grouped_bands` when saved, else the
+    Sentinel-2 default of the released model, which the patch embeddings' band counts must fit."""
+    from ssl_zoo.backbones.satmae import SENTINEL_GROUPS
+
+    saved = getattr(ckpt.get("args"), "grouped_bands", None)
+    groups = [list(g) for g in (saved or SENTINEL_GROUPS)]
+    if [len(g) for g in groups] != sizes:
+        raise HubError(f"--format satmae_pp: the patch embeddings take {sizes} bands per group, which the "
+                       f"{'saved' if saved else 'Sentinel-2 default'} band groups {groups} do not fit")
+    return groups
+
+
+def convert_satmae_pp(ckpt: dict, key: str) -> Converted:
+    """{'model': ...} pretraining checkpoints, decoder, mask token and multi-scale head dropped. Sentinel
+    (group channels: `patch_embed.<g>.proj`, pos (D-256) || group (256) tables) -> the zoo's group-channel
+    ViT, whose names are the official ones; RGB -> timm's plain ViT (as MAE)."""
+    from ssl_zoo.augment import NORMALIZATIONS
+
+    state = tensors(ckpt.get("model", ckpt), "'model'", "satmae_pp")
+    state = {k: v for k, v in state.items() if not k.startswith(("decoder_", "mask_token", "proj_up_", "up_block"))}
+    if "patch_embed.proj.weight" in state:
+        return replace(timm_vit(state, "satmae_pp", "satmae_pp"), stats=NORMALIZATIONS["fmow_rgb"])
+    if "patch_embed.0.proj.weight" not in state:
+        raise HubError("--format satmae_pp: neither a group-channel encoder (patch_embed.<g>.proj) nor a plain "
+                       f"ViT (patch_embed.proj); first keys: {', '.join(list(state)[:5])}")
+    if "fc_norm.weight" in state:
+        raise HubError("--format satmae_pp: a fine-tuned group-channel classifier (fc_norm, channel_cls_embed, "
+                       "head); import the pretraining checkpoint")
+    embeds = sorted(int(k.split(".")[1]) for k in state if re.fullmatch(r"patch_embed\.\d+\.proj\.weight", k))
+    weight = state["patch_embed.0.proj.weight"]
+    width, patch = weight.shape[0], weight.shape[-1]
+    sizes = {384: "small", 768: "base", 1024: "large"}  # 64-wide heads in each
+    if width not in sizes:
+        raise HubError(f"--format satmae_pp: no group-channel ViT of width {width}; known: {sorted(sizes)}")
+    groups = satmae_groups(ckpt, [state[f"patch_embed.{g}.proj.weight"].shape[1] for g in embeds])
+    side = int(round((state["pos_embed"].shape[1] - 1) ** 0.5)) * patch
+    args = {"groups": groups, "img_size": side, "patch_size": patch, "group_embed_dim": state["channel_embed"].shape[-1],
+            "depth": len({k.split(".")[1] for k in state if k.startswith("blocks.")})}
+    bands = sum(len(g) for g in groups)  # the zoo's loader scales each band to [0, 1] (mean -+ 2 std) itself
+    return replace(load_strict(f"satmae_group_vit_{sizes[width]}_p8", args, state, "satmae_pp", "satmae_pp"),
+                   stats=((0.0,) * bands, (1.0,) * bands))
+
+
 FORMATS: dict[str, Callable[[dict, str], Converted]] = {
     "dino": convert_dino, "mae": convert_mae, "dinov2": convert_dinov2, "sit": convert_sit,
-    "gmml": convert_gmml, "pixpro": convert_pixpro, "croco": convert_croco,
+    "gmml": convert_gmml, "pixpro": convert_pixpro, "croco": convert_croco, "satmae_pp": convert_satmae_pp,
 }
 
 
@@ -223,8 +268,8 @@ def convert_official(path: Path, fmt: str, key: str = "teacher") -> Converted:
 
 
 def official_config(converted: Converted, path: Path, fmt: str, key: str, url: str | None = None) -> dict:
-    """config.json for a converted release: timm's layout, ImageNet statistics (every format here was
-    trained with them), provenance of the original file."""
+    """config.json for a converted release: timm's layout, the input statistics it was trained with
+    (ImageNet's, except SatMAE++), provenance of the original file."""
     import datetime
 
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -232,20 +277,24 @@ def official_config(converted: Converted, path: Path, fmt: str, key: str, url: s
     from ssl_zoo.hub.download import sha256_file
 
     model = converted.model
-    side = model.patch_embed.img_size[0] if hasattr(model, "patch_embed") else 224
+    embed = getattr(model, "patch_embed", None)
+    embed = embed[0] if isinstance(embed, nn.ModuleList) else embed  # group-channel ViTs: one per band group
+    side = embed.img_size[0] if embed is not None else 224
+    mean, std = converted.stats or (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
     timm_cfg = getattr(model, "pretrained_cfg", {}) or {}
     return {
         "architecture": converted.architecture, "num_classes": 0, "num_features": int(model.num_features),
         "model_args": converted.model_args,
         "pretrained_cfg": {
-            "input_size": [3, side, side], "interpolation": "bicubic", "crop_pct": timm_cfg.get("crop_pct", 0.875),
-            "crop_mode": "center", "mean": list(IMAGENET_DEFAULT_MEAN), "std": list(IMAGENET_DEFAULT_STD),
+            "input_size": [len(mean), side, side], "interpolation": "bicubic", "crop_pct": timm_cfg.get("crop_pct", 0.875),
+            "crop_mode": "center", "mean": list(mean), "std": list(std),
             "num_classes": 0, "first_conv": timm_cfg.get("first_conv"), "classifier": timm_cfg.get("classifier"),
             "fixed_input_size": bool(timm_cfg.get("fixed_input_size")),
         },
         "ssl_zoo": {
             "format": 1, "method": converted.method, "dataset": "official release", "steps": 0,
-            "stem": converted.stem, "timm_compatible": converted.stem == "imagenet", "metrics": {},
+            "stem": converted.stem, "metrics": {},
+            "timm_compatible": BackboneSpec(converted.architecture, converted.model_args, converted.stem).timm_compatible,
             "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "official": {"file": path.name, "format": fmt, "key": key, "file_sha256": sha256_file(path),
                          **({"url": url} if url else {})},
