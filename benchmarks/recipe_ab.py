@@ -9,12 +9,15 @@ is a list of overrides; the lr schedule completes within the short run.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
-from ssl_zoo.config import load_config
-from ssl_zoo.trainer import Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULTS, markdown_table, provenance, write_json  # noqa: E402
+from ssl_zoo.config import load_config  # noqa: E402
+from ssl_zoo.trainer import Trainer  # noqa: E402
 
 CONFIG = "configs/simclrv2/resnet18_fashion_mnist.yaml"
 
@@ -38,18 +41,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=40960, help="training images per variant")
     parser.add_argument("--variant", action="append", default=[],
                         help="space-separated overrides; 'base' for none (repeatable)")
-    parser.add_argument("--output", default="benchmarks/results/recipe_ab.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "recipe_ab.json")
     args = parser.parse_args()
     variants = args.variant or ["base"]
     rows = []
     for i, v in enumerate(variants):
         overrides = [] if v == "base" else v.split()
         rows.append(run_variant(args.config, overrides, args.images, "/tmp/ssl_zoo_ab", f"ab{i}"))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(rows, indent=2))
-    print("| overrides | steps | train s | k-NN top-1 (20k/5k subsets) |\n|---|---:|---:|---:|")
-    for r in rows:
-        print(f"| {' '.join(r['variant']) or '(config as is)'} | {r['steps']} | {r['train_s']} | {r['knn_top1_subset']} |")
+    write_json(args.output, {**provenance(), "config": args.config, "results": rows})
+    print(markdown_table(["overrides", "steps", "train s", "k-NN top-1 (20k/5k subsets)"],
+                         [[" ".join(r["variant"]) or "(config as is)", r["steps"], r["train_s"], r["knn_top1_subset"]]
+                          for r in rows], right=(1, 2, 3)))
 
 
 if __name__ == "__main__":

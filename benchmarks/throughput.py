@@ -24,13 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import gc
-import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,44 +32,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import (RESULTS, ROOT, describe, discover, img_per_s, log,  # noqa: E402
+                               markdown_table, provenance, quiet_overrides, sync, write_json)
 from ssl_zoo.config import load_config  # noqa: E402
 from ssl_zoo.schedules import Progress  # noqa: E402
 from ssl_zoo.trainer import Trainer  # noqa: E402
-
-
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine() -> dict:
-    info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "cpu": platform.processor()}
-    if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def discover() -> dict[str, Path]:
-    """method name (the configs/ folder) -> its tiny Fashion-MNIST config."""
-    found: dict[str, Path] = {}
-    for path in sorted(ROOT.glob("configs/*/*_fashion_mnist.yaml")):
-        found.setdefault(path.parent.name, path)
-    return found
 
 
 class BareStep:
@@ -140,18 +103,14 @@ def bench_paired(trainer: Trainer, warmup: int) -> tuple[list[float], list[float
 
 
 def run_method(name: str, config: Path, args: argparse.Namespace, out_dir: str) -> dict:
-    overrides = [f"train.max_steps={args.warmup + args.steps}", f"train.output_dir={out_dir}",
-                 f"train.name=bench_{name}", "train.log_every=1000000", "train.ckpt_every=1000000",
-                 "train.image_every=0", "train.resume=false", "eval.final_knn=false", "eval.knn_every=0",
-                 *args.set]
+    overrides = [*quiet_overrides(args.warmup + args.steps, out_dir, f"bench_{name}"), *args.set]
     if args.batch_size:
         overrides.append(f"train.batch_size={args.batch_size}")
     cfg = load_config(config, overrides)
     trainer = Trainer(cfg, progress_bar=False)
     full_times, bare_times = bench_paired(trainer, args.warmup)
-    # img/s from the MEDIAN step time: robust to other jobs stealing the CPU for a step or two
-    full = trainer.global_batch / statistics.median(full_times)
-    bare = trainer.micro_batch / statistics.median(bare_times)
+    full = img_per_s(trainer.global_batch, full_times)
+    bare = img_per_s(trainer.micro_batch, bare_times)
     row = {"method": name, "config": str(config.relative_to(ROOT)), "backbone": cfg.model.backbone,
            "batch_size": cfg.train.batch_size, "device": str(trainer.device),
            "precision": str(trainer.amp_dtype or torch.float32).replace("torch.", ""),
@@ -165,15 +124,11 @@ def run_method(name: str, config: Path, args: argparse.Namespace, out_dir: str) 
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| method | backbone | batch | device | full trainer img/s | bare fwd+bwd+opt img/s | full / bare |",
-             "|---|---|---:|---|---:|---:|---:|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['method']} | failed: {r['error'][:80]} | | | | | |")
-            continue
-        lines.append(f"| {r['method']} | {r['backbone']} | {r['batch_size']} | {r['device']} "
-                     f"| {r['full_img_s']:.1f} | {r['bare_img_s']:.1f} | {r['ratio']:.2f} |")
-    return "\n".join(lines)
+    header = ["method", "backbone", "batch", "device", "full trainer img/s", "bare fwd+bwd+opt img/s", "full / bare"]
+    cells = [[r["method"], f"failed: {r['error'][:80]}", "", "", "", "", ""] if "error" in r else
+             [r["method"], r["backbone"], r["batch_size"], r["device"], f"{r['full_img_s']:.1f}",
+              f"{r['bare_img_s']:.1f}", f"{r['ratio']:.2f}"] for r in rows]
+    return markdown_table(header, cells, right=(2, 4, 5, 6))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=0, help="override train.batch_size (0: the config's)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "throughput.json")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be >= 1")
@@ -197,31 +152,26 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"no configs/<method>/*_fashion_mnist.yaml for {missing}; found: {sorted(configs)}")
 
-    meta = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "commit": git_commit(),
-            "machine": machine(), "steps": args.steps, "warmup": args.warmup}
+    meta = {**provenance(), "steps": args.steps, "warmup": args.warmup}
     rows = []
     with tempfile.TemporaryDirectory(prefix="ssl_zoo_bench_") as tmp:
         for name in names:
-            print(f"[{name}] {configs[name].relative_to(ROOT)} ...", file=sys.stderr, flush=True)
+            log(f"[{name}] {configs[name].relative_to(ROOT)} ...")
             try:
                 rows.append(run_method(name, configs[name], args, tmp))
             except Exception as e:  # one broken method must not hide the others' numbers
-                print(f"[{name}] FAILED: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                log(f"[{name}] FAILED: {type(e).__name__}: {e}")
                 rows.append({"method": name, "config": str(configs[name].relative_to(ROOT)),
                              "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
                 gc.collect()
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({**meta, "results": rows}, indent=2) + "\n")
-    m = meta["machine"]
-    print(f"date: {meta['date']}  commit: {meta['commit']}")
-    print(f"machine: {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
-          f"python {m['python']}{', ' + m['cuda_device'] if 'cuda_device' in m else ''}")
+    written = write_json(args.output, {**meta, "results": rows})
+    print(describe(meta))
     print(f"steps: {args.steps} timed after {args.warmup} warm-up; img/s = batch / median step time, "
           "counting source images (not views)")
     print("full: Trainer.fit() step (loader, augmentation, fwd/bwd, clipping, optimiser, after_step); "
           "bare: training_step + backward + optimiser step on pre-made views")
-    print(f"json: {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}\n")
+    print(f"json: {written}\n")
     print(table(rows))
     return 1 if any("error" in r for r in rows) else 0
 

@@ -1,0 +1,169 @@
+"""Representation quality of every method after a fixed pretraining budget, next to two baselines.
+
+For every registered method with a `configs/<method>/*_fashion_mnist.yaml`: pretrain that config for
+`--steps` optimiser steps (wall time reported), then measure on Fashion-MNIST's test set
+
+  k-NN top-1     weighted cosine k-NN (k=20, T=0.07) over L2-normalised frozen features
+  linear top-1   logistic regression on the same features, lr x weight-decay picked on a validation
+                 split of the train features (ssl_zoo.eval.linear.linear_probe)
+
+with the zoo's evaluation code (`ssl_zoo.evaluate.load_source`: the backbone and evaluation view a
+run is evaluated with by `ssl-zoo eval`), on the first `--train-limit` train and `--test-limit` test
+images. Baselines measured in the same run: the randomly initialised backbone of each method (the
+exact starting point of its pretraining, `pretrained=False`), and raw pixels (the 28x28 images
+flattened, as features).
+
+    .venv/bin/python benchmarks/quality.py --steps 300 [--methods simclrv2 mae] [--train-limit 10000]
+
+Prints the date, machine, commit and budget, then the markdown table (last); writes
+benchmarks/results/quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (RESULTS, ROOT, describe, discover, log, markdown_table, provenance,  # noqa: E402
+                               quiet_overrides, write_json)
+from ssl_zoo.config import DataConfig, load_config  # noqa: E402
+from ssl_zoo.data import build_dataset  # noqa: E402
+from ssl_zoo.eval.knn import extract_features, knn_accuracy  # noqa: E402
+from ssl_zoo.eval.linear import linear_probe  # noqa: E402
+from ssl_zoo.evaluate import labelled_splits, load_source  # noqa: E402
+from ssl_zoo.registry import available_methods  # noqa: E402
+from ssl_zoo.trainer import Trainer, pick_device  # noqa: E402
+
+
+def probe(embed, train_set, test_set, device: torch.device, args: argparse.Namespace) -> dict:
+    """k-NN and linear-probe top-1 (%) of `embed` features on the first train/test images."""
+    tr = extract_features(embed, train_set, device, args.eval_batch, args.train_limit, progress=False)
+    te = extract_features(embed, test_set, device, args.eval_batch, args.test_limit, progress=False)
+    knn = knn_accuracy(*tr, *te, k=args.k, temperature=args.temperature)
+    linear = linear_probe(*tr, *te, epochs=args.linear_epochs)
+    return {"knn_top1": knn, "linear_top1": linear.test_top1, "linear_lr": linear.lr,
+            "linear_weight_decay": linear.weight_decay, "feature_dim": tr[0].shape[1],
+            "train_images": len(tr[0]), "test_images": len(te[0])}
+
+
+def evaluate_run(run_dir: Path, pretrained: bool, device: torch.device, args: argparse.Namespace) -> dict:
+    """Probe a finished run's backbone, or (pretrained=False) the same network as initialised."""
+    src = load_source(str(run_dir), pretrained=pretrained).to(device)
+    src.backbone.eval()
+    train_set, test_set = labelled_splits(src.cfg.data, "quality")
+    return probe(src.embed, train_set, test_set, device, args)
+
+
+def eval_data(data: DataConfig) -> str:
+    """The labelled images a method is evaluated on: its own config's (not every tiny config trains
+    on Fashion-MNIST itself, e.g. SatMAE++'s multispectral one)."""
+    return data.pairs_source if data.kind == "synthetic_pairs" else data.kind
+
+
+def run_method(name: str, config: Path, args: argparse.Namespace, out_dir: str, device: torch.device) -> dict:
+    cfg = load_config(config, [*quiet_overrides(args.steps, out_dir, f"quality_{name}"),
+                               f"train.device={args.device}", *args.set])
+    trainer = Trainer(cfg, progress_bar=False)
+    start = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - start
+    del trainer
+    gc.collect()
+    row = {"method": name, "config": str(config.relative_to(ROOT)), "backbone": cfg.model.backbone,
+           "eval_data": eval_data(cfg.data), "steps": result.step, "batch_size": cfg.train.batch_size,
+           "pretrain_s": seconds}
+    row["pretrained"] = evaluate_run(result.run_dir, True, device, args)
+    row["random_init"] = evaluate_run(result.run_dir, False, device, args)
+    return row
+
+
+def raw_pixels(device: torch.device, args: argparse.Namespace) -> dict:
+    """The baseline every feature must beat: Fashion-MNIST's 28x28 grey pixels, flattened."""
+    data = DataConfig(kind="fashion_mnist", load_size=28, channels=1, path=args.data_path)
+    train_set, test_set = build_dataset(data, "train"), build_dataset(data, "test")
+    scores = probe(lambda images: images.float().flatten(1) / 255.0, train_set, test_set, device, args)
+    return {"method": "raw pixels", "backbone": "28×28 pixels", "eval_data": "fashion_mnist", "steps": 0,
+            "pretrain_s": 0.0, "pretrained": scores}
+
+
+def table(rows: list[dict]) -> str:
+    header = ["method", "backbone", "eval data", "steps", "pretrain s", "k-NN top-1", "linear top-1",
+              "random-init k-NN", "random-init linear"]
+    cells = []
+    for r in rows:
+        if "error" in r:
+            cells.append([r["method"], f"failed: {r['error'][:80]}", "", "", "", "", "", "", ""])
+            continue
+        p, rnd = r["pretrained"], r.get("random_init")
+        cells.append([r["method"], r["backbone"], r["eval_data"], r["steps"], f"{r['pretrain_s']:.0f}",
+                      f"{p['knn_top1']:.2f}", f"{p['linear_top1']:.2f}", f"{rnd['knn_top1']:.2f}" if rnd else "-",
+                      f"{rnd['linear_top1']:.2f}" if rnd else "-"])
+    return markdown_table(header, cells, right=(3, 4, 5, 6, 7, 8))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=300, help="pretraining steps per method (the fixed budget)")
+    parser.add_argument("--methods", nargs="*", default=None, help="subset of registered methods (default: all)")
+    parser.add_argument("--train-limit", type=int, default=10000, help="first N train images for k-NN/probe (0: all)")
+    parser.add_argument("--test-limit", type=int, default=10000, help="first N test images (0: all 10000)")
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--temperature", type=float, default=0.07)
+    parser.add_argument("--linear-epochs", type=int, default=30)
+    parser.add_argument("--eval-batch", type=int, default=512)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--data-path", default="", help="Fashion-MNIST folder for the raw-pixel baseline")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides (all methods)")
+    parser.add_argument("--output", type=Path, default=RESULTS / "quality.json")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    configs = discover()
+    registered = list(available_methods())
+    names = args.methods or registered
+    unknown = [n for n in names if n not in registered]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; registered: {registered}")
+    device = pick_device(args.device)
+    meta = {**provenance(), "steps": args.steps, "train_limit": args.train_limit, "test_limit": args.test_limit,
+            "k": args.k, "temperature": args.temperature, "linear_epochs": args.linear_epochs}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ssl_zoo_quality_") as tmp:
+        for name in names:
+            if name not in configs:
+                rows.append({"method": name, "error": "no configs/<method>/*_fashion_mnist.yaml"})
+                continue
+            log(f"[{name}] {configs[name].relative_to(ROOT)}: {args.steps} steps, then k-NN and linear probe ...")
+            try:
+                rows.append(run_method(name, configs[name], args, tmp, device))
+            except Exception as e:  # one broken method must not hide the others' numbers
+                log(f"[{name}] FAILED: {type(e).__name__}: {e}")
+                rows.append({"method": name, "config": str(configs[name].relative_to(ROOT)),
+                             "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+            gc.collect()
+    log("[raw pixels] ...")
+    rows.append(raw_pixels(device, args))
+    written = write_json(args.output, {**meta, "results": rows})
+    print(describe(meta))
+    limits = " / ".join(f"first {n}" if n else "all" for n in (args.train_limit, args.test_limit))
+    print(f"budget: {args.steps} pretraining steps per method (its tiny Fashion-MNIST config; wall time in the table); "
+          f"evaluation on Fashion-MNIST train / test images: {limits}; k-NN k={args.k}, T={args.temperature}; "
+          f"linear probe {args.linear_epochs} epochs, lr x wd picked on a 10% validation split of train")
+    print(f"json: {written}\n")
+    print(table(rows))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
