@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -38,13 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (RESULTS, ROOT, clock_trainer, describe, discover, img_per_s, log,  # noqa: E402
                                markdown_table, provenance, quiet_overrides, write_json)
 from ssl_zoo.config import load_config  # noqa: E402
+from ssl_zoo.launch.local_ranks import failures, run_ranks  # noqa: E402
 from ssl_zoo.trainer import Trainer  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def timed_fit(config: str, overrides: list[str], warmup: int) -> dict:
@@ -72,31 +65,10 @@ def worker(spec: str) -> int:
 def launch(world: int, config: Path, overrides: list[str], warmup: int, threads: int, out: Path,
            timeout: float) -> dict:
     """`world` processes of this script in worker mode with the torchrun environment."""
-    port = free_port()
     job = json.dumps({"config": str(config), "overrides": overrides, "warmup": warmup, "out": str(out)})
-    procs = []
-    for rank in range(world):
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
-            env.pop(key, None)
-        if world > 1:
-            env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                       MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, __file__, "--worker", job], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    failures = []
-    for rank, p in enumerate(procs):
-        try:
-            output, _ = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            output, _ = p.communicate()
-        if p.returncode != 0:
-            failures.append(f"--- rank {rank} (exit {p.returncode}) ---\n{output[-2000:]}")
-    if failures:
-        raise RuntimeError(f"{world}-rank run failed:\n" + "\n".join(failures))
+    report = failures(run_ranks([__file__, "--worker", job], world, ROOT, threads, timeout), tail=2000)
+    if report:
+        raise RuntimeError(f"{world}-rank run failed:\n{report}")
     return json.loads(out.read_text())
 
 

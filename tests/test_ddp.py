@@ -8,49 +8,23 @@ with the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from ssl_zoo.launch.local_ranks import failures, run_ranks
+
 WORLD = 2
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(mode: str, args: dict, world: int = WORLD, timeout: float = 180) -> None:
     """Run `world` ranks of this file in `mode`; fail with every rank's output if any rank fails."""
-    port = free_port()
-    procs = []
-    for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        env.pop("SLURM_PROCID", None)
-        procs.append(subprocess.Popen([sys.executable, __file__, mode, json.dumps(args)], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs, failed = [], False
-    for rank, p in enumerate(procs):
-        try:
-            out, _ = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            out, _ = p.communicate()
-            failed = True
-        outputs.append(f"--- rank {rank} (exit {p.returncode}) ---\n{out[-4000:]}")
-        failed |= p.returncode != 0
-    if failed:
-        pytest.fail("DDP workers failed:\n" + "\n".join(outputs))
+    report = failures(run_ranks([__file__, mode, json.dumps(args)], world, ROOT, timeout=timeout))
+    if report:
+        pytest.fail("DDP workers failed:\n" + report)
 
 
 # --------------------------------------------------------------------------- workers (in the ranks)
@@ -206,6 +180,16 @@ def test_simclrv2_negatives_and_gradients_across_ranks(tmp_path):
             g = r[key]
             assert g is not None and g.abs().sum() > 0
             assert torch.allclose(g, WORLD * full_grad[local], atol=1e-6, rtol=1e-4), (rank, key)
+
+
+def test_local_rank_launcher_reports_each_ranks_exit_and_kills_at_the_timeout():
+    script = "import os, sys; print(os.environ['RANK'], os.environ['WORLD_SIZE']); sys.exit(int(os.environ['RANK']))"
+    results = run_ranks(["-c", script], 2, ROOT)
+    assert [(r.returncode, r.output.split()) for r in results] == [(0, ["0", "2"]), (1, ["1", "2"])]
+    assert "--- rank 1 (exit 1) ---" in failures(results) and "rank 0" in failures(results)
+    assert not failures(results[:1])
+    slow = run_ranks(["-c", "import time; time.sleep(60)"], 2, ROOT, timeout=1)
+    assert [r.returncode for r in slow] == [None, None] and "(exit timeout)" in failures(slow)
 
 
 def test_simclrv2_memory_queues_the_keys_of_every_rank(tmp_path):
