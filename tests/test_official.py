@@ -239,6 +239,8 @@ def test_wrong_format_foreign_file_and_pickles_are_clear_errors(tmp_path):
     pixpro = save(tmp_path, {"model": layout("pixpro_r50_checkpoint_model")}, "pixpro.pth")
     with pytest.raises(HubError, match="--format mae: no patch_embed.proj.weight"):
         convert_official(pixpro, "mae")
+    with pytest.raises(HubError, match="--format satmae_pp: neither a group-channel encoder"):
+        convert_official(pixpro, "satmae_pp")
     (tmp_path / "text.pth").write_text("not a checkpoint")
     with pytest.raises(HubError, match="weights_only=True"):
         convert_official(tmp_path / "text.pth", "dino")
