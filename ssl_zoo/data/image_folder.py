@@ -96,9 +96,14 @@ def _scan(root: Path, extensions: set[str] = IMAGE_EXTENSIONS) -> tuple[list[Pat
 
 
 class ImageFolder(torch.utils.data.Dataset):
+    """Image files under `path` (class sub-folders: labelled; flat: unlabeled) -> uint8 batches.
+    Subclasses for other file kinds change `extensions` and `decode`."""
+
+    extensions: set[str] = IMAGE_EXTENSIONS
+
     def __init__(self, path: str, load_size: int, channels: int, on_bad_image: str = "skip") -> None:
         self.root = Path(path)
-        self.files, labels, self.classes = _scan(self.root)
+        self.files, labels, self.classes = _scan(self.root, self.extensions)
         self.labels = torch.tensor(labels, dtype=torch.long)
         self.num_classes = len(self.classes)
         self.load_size = load_size
@@ -109,10 +114,12 @@ class ImageFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def decode(self, index: int) -> torch.Tensor:
+        return decode_image(self.files[index], self.load_size, self.channels)
+
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         """Decode image `index`; in skip mode fall forward to the next readable image."""
-        read = lambda i: decode_image(self.files[i], self.load_size, self.channels)  # noqa: E731
-        return first_readable(index, len(self.files), read, self.on_bad_image, self.bad_images, self.root)
+        return first_readable(index, len(self.files), self.decode, self.on_bad_image, self.bad_images, self.root)
 
     def __getitems__(self, indices: list[int]) -> Batch:
         loaded = [self.load(i) for i in indices]

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssl_zoo.data.batch import Batch, DataError
-from ssl_zoo.data.image_folder import UnreadableImage, _scan, first_readable
+from ssl_zoo.data.batch import DataError
+from ssl_zoo.data.image_folder import ImageFolder, UnreadableImage, _scan
 from ssl_zoo.data.synthetic import SyntheticImages
 
 MULTISPECTRAL_EXTENSIONS = {".npy", ".npz", ".tif", ".tiff"}
@@ -132,26 +132,20 @@ def folder_band_statistics(path: str, bands: list[int]) -> tuple[list[float], li
     return mean, std
 
 
-class MultispectralFolder(torch.utils.data.Dataset):
+class MultispectralFolder(ImageFolder):
     """Multi-band files under `path` -> uint8 (channels, load_size, load_size) batches."""
+
+    extensions = MULTISPECTRAL_EXTENSIONS
 
     def __init__(self, path: str, load_size: int, channels: int, bands: list[int], band_mean: list[float],
                  band_std: list[float], on_bad_image: str = "skip") -> None:
-        self.root = Path(path)
-        self.files, labels, self.classes = _scan(self.root, MULTISPECTRAL_EXTENSIONS)
-        self.labels = torch.tensor(labels, dtype=torch.long)
-        self.num_classes = len(self.classes)
-        self.load_size, self.channels, self.bands = load_size, channels, list(bands)
-        self.on_bad_image = on_bad_image
-        self.bad_images: set[str] = set()
+        super().__init__(path, load_size, channels, on_bad_image)
+        self.bands = list(bands)
         if len(band_mean) != channels:
             raise DataError(f"{self.root}: the files have {len(band_mean)} bands (after data.bands) "
                             f"but data.channels={channels}")
         self.mean = torch.tensor(band_mean, dtype=torch.float32)
         self.std = torch.tensor(band_std, dtype=torch.float32)
-
-    def __len__(self) -> int:
-        return len(self.files)
 
     def decode(self, index: int) -> torch.Tensor:
         path = self.files[index]
@@ -159,15 +153,6 @@ class MultispectralFolder(torch.utils.data.Dataset):
         if arr.shape[0] != self.channels:
             raise UnreadableImage(path, ValueError(f"has {arr.shape[0]} bands, data.channels={self.channels}"))
         return to_uint8(resize_square(torch.from_numpy(arr), self.load_size), self.mean, self.std)
-
-    def __getitems__(self, indices: list[int]) -> Batch:
-        loaded = [first_readable(i, len(self.files), self.decode, self.on_bad_image, self.bad_images, self.root)
-                  for i in indices]
-        idx = torch.tensor([i for _, i in loaded], dtype=torch.long)
-        return Batch(torch.stack([img for img, _ in loaded]), self.labels[idx], idx)
-
-    def __getitem__(self, index: int) -> Batch:
-        return self.__getitems__([index])
 
 
 class SyntheticMultispectral(SyntheticImages):
