@@ -40,7 +40,8 @@ from ssl_zoo.eval.knn import extract_features, knn_accuracy  # noqa: E402
 from ssl_zoo.eval.linear import linear_probe  # noqa: E402
 from ssl_zoo.evaluate import labelled_splits, load_source  # noqa: E402
 from ssl_zoo.registry import available_methods  # noqa: E402
-from ssl_zoo.trainer import Trainer, pick_device  # noqa: E402
+from ssl_zoo.runtime import pick_device  # noqa: E402
+from ssl_zoo.trainer import Trainer  # noqa: E402
 
 
 def probe(embed, train_set, test_set, device: torch.device, args: argparse.Namespace) -> dict:

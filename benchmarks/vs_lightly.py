@@ -53,7 +53,8 @@ from ssl_zoo.backbones import build_backbone  # noqa: E402
 from ssl_zoo.config import ExperimentConfig, OptimConfig, load_config  # noqa: E402
 from ssl_zoo.data import build_dataset  # noqa: E402
 from ssl_zoo.optim import scaled_lr  # noqa: E402
-from ssl_zoo.trainer import Trainer, autocast_dtype, pick_device  # noqa: E402
+from ssl_zoo.runtime import autocast_dtype, pick_device  # noqa: E402
+from ssl_zoo.trainer import Trainer  # noqa: E402
 
 METHODS = ("simclrv2", "dino", "mae")
 

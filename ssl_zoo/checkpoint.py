@@ -41,6 +41,10 @@ def atomic_save(obj: Any, path: Path) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def atomic_write_text(text: str, path: Path) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def atomic_write_json(obj: Any, path: Path, sort_keys: bool = False) -> None:
     _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode()))
 

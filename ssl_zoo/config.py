@@ -101,10 +101,15 @@ class TrainConfig:
     output_dir: str = "runs"
     epochs: float = bounded(1.0, 0.0)
     max_steps: int = bounded(0, 0)  # > 0 overrides epochs
+    # > 0: after a few measured steps, total_steps is fixed so that training and the k-NN evaluations end
+    # within this many minutes (epochs / max_steps stay the upper limit); see ssl_zoo/budget.py
+    time_budget_min: float = bounded(0.0, 0.0)
     batch_size: int = bounded(256, 1)  # per rank, per optimizer step (before accumulation split)
     accumulate: int = bounded(1, 1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 on GPUs that support it (else fp16 + grad scaler); on CPUs bf16 only with native bf16
+    # instructions (avx512_bf16 / amx_bf16), else fp32 (ssl_zoo/runtime.py)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
     channels_last: bool = False

@@ -84,13 +84,19 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def any_flag(flag: bool, device: torch.device) -> bool:
-    """True on every rank if `flag` is true on any rank (keeps ranks in lock-step on stop/NaN)."""
-    if not is_distributed():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over ranks (e.g. the slowest rank's step time)."""
+    if is_distributed():
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def any_flags(flags: torch.Tensor | list[bool], device: torch.device) -> list[bool]:
+    """Each flag true on every rank if it is true on any rank (keeps ranks in lock-step on stop/NaN):
+    one all-reduce and one host sync for all of them."""
+    t = torch.as_tensor(flags, dtype=torch.float32, device=device)
+    return [bool(v > 0) for v in all_reduce_max(t).tolist()]
 
 
 def all_gather_object(obj: object) -> list:

@@ -22,7 +22,7 @@ from ssl_zoo.data import build_dataset
 from ssl_zoo.eval.knn import extract_features, knn_eval
 from ssl_zoo.eval.linear import ProbeResult, linear_probe
 from ssl_zoo.methods.base import Method, build_method
-from ssl_zoo.trainer import pick_device
+from ssl_zoo.runtime import pick_device
 
 
 def resolve_checkpoint(source: Path) -> Path:

@@ -60,14 +60,14 @@ class Schedule:
         return lr, wd
 
 
-def clip_gradients(params: list[torch.nn.Parameter], max_norm: float, mode: str) -> float:
-    """Clip as the method asks and return the global grad norm before clipping (for logging)."""
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float, mode: str) -> torch.Tensor:
+    """Clip as the method asks; the global grad norm before clipping, as a device tensor (no host sync)."""
     grads = [p for p in params if p.grad is not None]
     if not grads:
-        return 0.0
+        return torch.zeros(())
     if max_norm > 0 and mode == "global":
-        return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
-    total = float(torch.nn.utils.get_total_norm([p.grad for p in grads]))
+        return torch.nn.utils.clip_grad_norm_(grads, max_norm)
+    total = torch.nn.utils.get_total_norm([p.grad for p in grads])
     if max_norm > 0:  # per-parameter tensor, as DINO's official clip_gradients
         for p in grads:
             torch.nn.utils.clip_grad_norm_([p], max_norm)

@@ -8,24 +8,28 @@ Methods only turn a batch into views and views into a loss.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from tqdm import tqdm
 
 from ssl_zoo import distributed as dist_utils
-from ssl_zoo.checkpoint import CheckpointError, CheckpointManager
-from ssl_zoo.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
+from ssl_zoo.augment import Views
+from ssl_zoo.budget import MEASURE_STEPS, SKIP_STEPS, EvalCost, StepTimer, steps_within_budget
+from ssl_zoo.checkpoint import CheckpointError, CheckpointManager, atomic_write_text
+from ssl_zoo.config import ConfigError, ExperimentConfig, to_dict
 from ssl_zoo.data import ResumableSampler, build_dataset, build_loader
-from ssl_zoo.eval.knn import knn_eval
+from ssl_zoo.eval.knn import extract_features, knn_eval
 from ssl_zoo.methods.base import Method, build_method
 from ssl_zoo.metrics import MetricsLogger
 from ssl_zoo.optim import Schedule, build_optimizer, clip_gradients, scaled_lr
+from ssl_zoo.runtime import AUTOCAST_DTYPES, pick_device, resolve_precision, rng_state, rng_untouched, set_rng_state
 from ssl_zoo.schedules import Progress
 
 
@@ -59,45 +63,6 @@ def init_from_hub(method: Method, spec: str) -> None:
         raise ConfigError(f"model.init_from={spec}: {str(e).splitlines()[0]}") from e
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA device is available; use train.device=cpu or auto")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 autocast is ~1.3-1.6x faster than fp32 there, and emulated (slow) elsewhere."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn("train.precision=bf16 on a CPU without native bf16 (avx512_bf16/amx_bf16): autocast is "
-                      "emulated and likely slower than train.precision=fp32")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 class StopSignal:
     """SIGTERM/SIGUSR1/SIGUSR2 set a flag; the loop checkpoints and exits at the next step boundary.
 
@@ -127,12 +92,14 @@ class StopSignal:
 
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, progress_bar: bool = True) -> None:
+        self.started = time.perf_counter()  # train.time_budget_min counts from here
         self.cfg = cfg
         self.progress_bar = progress_bar
         device_hint = pick_device(cfg.train.device)
         self.dist = dist_utils.init_distributed(device_hint.type)
         self.device = pick_device(cfg.train.device, self.dist.local_rank)
-        self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.amp_dtype = AUTOCAST_DTYPES[self.precision]
         self.run_dir = Path(cfg.train.output_dir) / cfg.train.name
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", cfg.train.keep_last)
         if cfg.train.threads:
@@ -154,7 +121,10 @@ class Trainer:
         self.steps_per_epoch = self.sampler.batches_per_epoch // cfg.train.accumulate
         if self.steps_per_epoch == 0:
             raise ValueError("one epoch holds fewer micro-batches than train.accumulate; lower it")
+        # the config's length; under a time budget a cap, until the measured step rate fixes the count
         self.total_steps = cfg.train.max_steps or max(1, int(round(cfg.train.epochs * self.steps_per_epoch)))
+        self.steps_fixed = not cfg.train.time_budget_min
+        self.elapsed_before = 0.0  # seconds of earlier attempts of this run (a resumed run's budget is what is left)
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         method = build_method(cfg)
@@ -190,6 +160,9 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "total_steps_fixed": self.steps_fixed,
+            "elapsed_s": self.elapsed_before + time.perf_counter() - self.started,
             "sampler": {"epoch": self.step // self.steps_per_epoch,
                         "batch": (self.step % self.steps_per_epoch) * self.cfg.train.accumulate},
             "rng": dist_utils.all_gather_object(rng_state(self.device)),
@@ -199,10 +172,29 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
-        state = self.state_dict()  # collective (RNG gather): every rank takes part
+        """Checkpoint on rank 0 (every rank takes part in the RNG gather); never with non-finite weights."""
+        bad = self._non_finite_state()
+        if dist_utils.any_flags([bool(bad)], self.device)[0]:
+            raise NonFiniteLossError(
+                f"weights are not finite at step {self.step} ({', '.join(bad[:3]) or 'on another rank'}); "
+                f"not saved. {self._way_back()}")
+        state = self.state_dict()
         path = self.ckpt.save(state, self.step) if self.dist.is_main else None
         dist_utils.barrier()
         return path
+
+    def _non_finite_state(self) -> list[str]:
+        """Names of parameters and buffers holding NaN/inf (one host sync, at checkpoint time only)."""
+        named = [(k, t) for k, t in self.method.state_dict().items() if t.is_floating_point()]
+        finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist() if named else []
+        return [k for (k, _), ok in zip(named, finite) if not ok]
+
+    def _way_back(self) -> str:
+        newest = self.ckpt.last if self.ckpt.last.exists() else None
+        if newest is None:
+            return "No checkpoint was written yet: lower optim.base_lr or set optim.clip_grad and start again."
+        return (f"The newest checkpoint holds finite weights: {newest}. Lower optim.base_lr or set "
+                f"optim.clip_grad and rerun to continue from it.")
 
     def resume(self) -> Path | None:
         found = self.ckpt.load_latest()
@@ -219,13 +211,16 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        if self.cfg.train.time_budget_min and state.get("total_steps_fixed"):
+            self._fix_total_steps(int(state["total_steps"]))  # exact resume: the count chosen before
         rngs = state["rng"]
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank], self.device)
         return path
 
-    # ------------------------------------------------------------------ the loop
-    def _forward_backward(self, batch, progress: Progress, last_micro: bool) -> tuple[torch.Tensor, dict]:
+    # ------------------------------------------------------------------ one optimizer step
+    def _forward_backward(self, batch, progress: Progress, last_micro: bool) -> tuple[torch.Tensor, Views]:
         batch = batch.to(self.device)
         views = self.method.views(batch)
         if self.cfg.train.channels_last:
@@ -238,14 +233,71 @@ class Trainer:
                                 enabled=self.amp_dtype is not None):
                 out = self.model(views, progress)
             loss = out["loss"].float()
-            finite = bool(torch.isfinite(loss.detach()).item())
-            if dist_utils.any_flag(not finite, self.device):
-                value = loss.item() if not finite else float("nan")
-                raise NonFiniteLossError(
-                    f"loss is {value} at step {self.step} (on some rank); stopping. The last good checkpoint "
-                    f"is kept: {self.ckpt.last if self.ckpt.last.exists() else 'none written yet'}")
             self.scaler.scale(loss / self.cfg.train.accumulate).backward()
         return loss.detach(), views
+
+    def _gradients(self, micro_batches: list, progress: Progress) -> tuple[torch.Tensor, torch.Tensor, Views]:
+        """Forward/backward over the micro-batches of one step; (mean loss, grad norm, last views), all on
+        the device: nothing here waits for the device."""
+        loss = torch.zeros((), device=self.device)
+        for i, batch in enumerate(micro_batches):
+            micro_loss, views = self._forward_backward(batch, progress, last_micro=i == len(micro_batches) - 1)
+            loss = loss + micro_loss / len(micro_batches)
+        self.method.after_backward(progress)
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = clip_gradients(self.params, self.cfg.optim.clip_grad, self.cfg.optim.clip_mode)
+        return loss, grad_norm, views
+
+    def _check(self, loss: torch.Tensor, grad_norm: torch.Tensor, stop: StopSignal) -> bool:
+        """Before the optimizer step: stop with NonFiniteLossError if the loss or gradient norm is NaN/inf on
+        any rank (nothing is applied); else whether a stop signal reached any rank. One all-reduce and one
+        host sync per optimizer step. Under fp16 an inf gradient is the grad scaler's business (it skips)."""
+        finite = torch.isfinite(loss) if self.scaler.is_enabled() else torch.isfinite(loss) & torch.isfinite(grad_norm)
+        flags = torch.stack([(~finite).float(), torch.tensor(float(stop.received is not None), device=self.device)])
+        bad, stopping = dist_utils.any_flags(flags, self.device)
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            what = "loss" if not torch.isfinite(loss) else "gradient norm"
+            value = float(loss if what == "loss" else grad_norm)
+            raise NonFiniteLossError(f"{what} is {value if not math.isfinite(value) else 'not finite on another rank'} "
+                                     f"at step {self.step}; the step was not applied. {self._way_back()}")
+        return stopping
+
+    def _apply(self, progress: Progress) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.after_step(progress)
+
+    # ------------------------------------------------------------------ around the steps
+    def _log_images(self, logger: MetricsLogger, views: Views) -> None:
+        image_every = self.cfg.train.image_every
+        if self.dist.is_main and (self.step == 0 or (image_every and self.step % image_every == 0)):
+            with rng_untouched(self.device):
+                logger.images(self.step, self.method.log_images(views))
+
+    def _log(self, logger: MetricsLogger, bar: tqdm, meter: "_LossMeter", grad_norm: torch.Tensor,
+             progress: Progress) -> None:
+        if not (self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps):
+            return
+        mean_loss, rate = meter.read(self.step, self.global_batch)
+        lr, wd = self.schedule.lr(progress.step), self.schedule.weight_decay(progress.step)
+        logger.log(self.step, {"epoch": round(self.step / self.steps_per_epoch, 4), "loss": mean_loss, "lr": lr,
+                               "weight_decay": wd, "img_per_s": rate, "grad_norm": float(grad_norm),
+                               **self.method.schedule_values(progress)})
+        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+
+    def _periodic(self, logger: MetricsLogger) -> None:
+        """Mid-run k-NN and checkpoints (the final ones run after the loop)."""
+        cfg = self.cfg
+        if self.step >= self.total_steps:
+            return
+        if cfg.eval.knn_every and self.step % cfg.eval.knn_every == 0:
+            acc = self._eval_knn(full=False)
+            if acc is not None:
+                logger.log(self.step, {"epoch": round(self.step / self.steps_per_epoch, 4), "knn_top1": acc})
+        if self.step % cfg.train.ckpt_every == 0:
+            self.save()
 
     def _eval_knn(self, full: bool) -> float | None:
         if self.test_set is None:
@@ -253,82 +305,125 @@ class Trainer:
         ev = self.cfg.eval
         self.method.eval()
         try:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            with rng_untouched(self.device):
                 return knn_eval(self.method.embed, self.train_set, self.test_set, self.device, ev.knn_k,
                                 ev.knn_temperature, ev.batch_size, 0 if full else ev.knn_train_limit,
                                 0 if full else ev.knn_test_limit, progress=self.progress_bar and self.dist.is_main)
         finally:
             self.method.train()
 
+    # ------------------------------------------------------------------ the time budget
+    def _fix_total_steps(self, total: int) -> None:
+        self.total_steps, self.steps_fixed = total, True
+        self.schedule = Schedule(self.cfg.optim, self.peak_lr, self.steps_per_epoch, total)
+
+    def _eval_cost(self) -> EvalCost:
+        """Seconds the k-NN evaluations will take, from the time to embed one evaluation batch."""
+        ev = self.cfg.eval
+        if self.test_set is None or not (ev.final_knn or ev.knn_every):
+            return EvalCost(0.0, 0.0, 0)
+        n = min(ev.batch_size, len(self.train_set))
+        self.method.eval()
+        try:
+            with rng_untouched(self.device):
+                t0 = time.perf_counter()
+                extract_features(self.method.embed, self.train_set, self.device, ev.batch_size, n, progress=False)
+                per_image = (time.perf_counter() - t0) / n
+        finally:
+            self.method.train()
+        n_train, n_test = len(self.train_set), len(self.test_set)
+        final = per_image * (n_train + n_test) * KNN_SEARCH_MARGIN if ev.final_knn else 0.0
+        limited = min(ev.knn_train_limit or n_train, n_train) + min(ev.knn_test_limit or n_test, n_test)
+        return EvalCost(final, per_image * limited * KNN_SEARCH_MARGIN, ev.knn_every)
+
+    def _budget(self, timer: StepTimer, bar: tqdm) -> None:
+        """Once the step rate is measured, fix total_steps so the run ends inside train.time_budget_min."""
+        if self.steps_fixed:
+            return
+        seconds_per_step = timer.observe(self.step, time.perf_counter())
+        if seconds_per_step is None:
+            return
+        cost = self._eval_cost()
+        slowest = dist_utils.all_reduce_max(torch.tensor([seconds_per_step, cost.final_s, cost.periodic_s],
+                                                         dtype=torch.float64, device=self.device)).tolist()
+        cost = EvalCost(slowest[1], slowest[2], cost.periodic_every)
+        budget_s = self.cfg.train.time_budget_min * 60 - self.elapsed_before
+        total = steps_within_budget(budget_s, time.perf_counter() - self.started, self.step, slowest[0],
+                                    self.total_steps, cost)
+        cap = self.total_steps
+        self._fix_total_steps(total)
+        bar.total = total
+        bar.refresh()
+        if self.dist.is_main:
+            self._write_config()
+            tqdm.write(f"time budget {self.cfg.train.time_budget_min:g} min: {slowest[0]:.3f} s/step, final k-NN "
+                       f"~{cost.final_s:.0f} s -> {total} steps ({'the config length' if total == cap else f'of {cap}'})")
+
+    # ------------------------------------------------------------------ the loop
+    def _write_config(self) -> None:
+        """config.yaml as the run runs: precision resolved from `auto`, the step count once fixed."""
+        resolved = to_dict(self.cfg)
+        resolved["train"]["precision"] = self.precision
+        note = f"# as run: train.precision {self.cfg.train.precision} -> {self.precision}"
+        if self.cfg.train.time_budget_min and self.steps_fixed:
+            resolved["train"]["max_steps"] = self.total_steps
+            note += f"; train.max_steps fixed by the {self.cfg.train.time_budget_min:g}-minute budget"
+        atomic_write_text(note + "\n" + yaml.safe_dump(resolved, sort_keys=False), self.run_dir / "config.yaml")
+
+    def _announce(self, resumed: Path | None) -> None:
+        if not self.dist.is_main:
+            return
+        steps = (f"{self.total_steps} steps" if self.steps_fixed else
+                 f"steps fixed after {SKIP_STEPS + MEASURE_STEPS} to fit {self.cfg.train.time_budget_min:g} min "
+                 f"(at most {self.total_steps})")
+        tqdm.write(f"{self.cfg.train.name}: {self.cfg.method.name} on {self.device}, precision {self.precision}"
+                   f"{' (auto)' if self.cfg.train.precision == 'auto' else ''}, {self.dist.world_size} rank(s), "
+                   f"global batch {self.global_batch}, peak lr {self.peak_lr:.4g}, {steps}")
+        if resumed:
+            tqdm.write(f"resumed from {resumed} at step {self.step}")
+
+    def _train(self, logger: MetricsLogger, bar: tqdm, stop: StopSignal) -> str:
+        """Optimizer steps until total_steps or a stop signal; 'completed' or 'interrupted'."""
+        accumulate = self.cfg.train.accumulate
+        meter, timer = _LossMeter(self.device, self.step), StepTimer(self.step)
+        while self.step < self.total_steps:
+            epoch, pos = divmod(self.step, self.steps_per_epoch)
+            self.sampler.set_position(epoch, pos * accumulate)
+            for micro_batches in _groups(self.loader, accumulate):
+                progress = Progress(self.step, self.total_steps, epoch, self.steps_per_epoch)
+                self.schedule.apply(self.optimizer, self.step)
+                loss, grad_norm, views = self._gradients(micro_batches, progress)
+                stopping = self._check(loss, grad_norm, stop)
+                self._apply(progress)
+                self._log_images(logger, views)
+                self.step += 1
+                bar.update(1)
+                meter.add(loss)
+                self._log(logger, bar, meter, grad_norm, progress)
+                self._budget(timer, bar)
+                self._periodic(logger)
+                if stopping:
+                    return "interrupted"
+                if self.step >= self.total_steps or self.step % self.steps_per_epoch == 0:
+                    break
+        return "completed"
+
     def fit(self) -> TrainResult:
         cfg = self.cfg
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
         resumed = self.resume() if cfg.train.resume else None
+        if self.dist.is_main:
+            self._write_config()
         logger = MetricsLogger(self.run_dir, self.dist.is_main, resume_step=self.step)
-        if resumed and self.dist.is_main:
-            tqdm.write(f"resumed from {resumed} at step {self.step}")
+        self._announce(resumed)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=cfg.train.name, dynamic_ncols=True,
                    disable=not (self.progress_bar and self.dist.is_main))
         self.method.train()
-        status, knn = "completed", None
-        last_log_time, last_log_step = time.perf_counter(), self.step
-        loss_sum, loss_count = torch.zeros((), device=self.device), 0
+        knn = None
         with StopSignal() as stop:
             try:
-                while self.step < self.total_steps and status == "completed":
-                    epoch, pos = divmod(self.step, self.steps_per_epoch)
-                    self.sampler.set_position(epoch, pos * cfg.train.accumulate)
-                    micro = 0
-                    for batch in self.loader:
-                        progress = Progress(self.step, self.total_steps, epoch, self.steps_per_epoch)
-                        if micro == 0:
-                            lr, wd = self.schedule.apply(self.optimizer, self.step)
-                        micro += 1
-                        last_micro = micro == cfg.train.accumulate
-                        loss, views = self._forward_backward(batch, progress, last_micro)
-                        loss_sum += loss
-                        loss_count += 1
-                        if not last_micro:
-                            continue
-                        micro = 0
-                        self.method.after_backward(progress)
-                        self.scaler.unscale_(self.optimizer)
-                        grad_norm = clip_gradients(self.params, cfg.optim.clip_grad, cfg.optim.clip_mode)
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                        self.optimizer.zero_grad(set_to_none=True)
-                        self.method.after_step(progress)
-                        if self.dist.is_main and ((cfg.train.image_every and self.step % cfg.train.image_every == 0)
-                                                  or (self.step == 0)):
-                            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                                logger.images(self.step, self.method.log_images(views))
-                        self.step += 1
-                        bar.update(1)
-                        if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
-                            now = time.perf_counter()
-                            mean_loss = dist_utils.all_reduce_mean(loss_sum / max(loss_count, 1)).item()
-                            rate = (self.step - last_log_step) * self.global_batch / max(now - last_log_time, 1e-9)
-                            values = {"epoch": round(self.step / self.steps_per_epoch, 4), "loss": mean_loss,
-                                      "lr": lr, "weight_decay": wd, "img_per_s": rate, "grad_norm": grad_norm,
-                                      **self.method.schedule_values(progress)}
-                            logger.log(self.step, values)
-                            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
-                            last_log_time, last_log_step = now, self.step
-                            loss_sum, loss_count = torch.zeros((), device=self.device), 0
-                        if cfg.eval.knn_every and self.step % cfg.eval.knn_every == 0 and self.step < self.total_steps:
-                            acc = self._eval_knn(full=False)
-                            if acc is not None:
-                                logger.log(self.step, {"epoch": round(self.step / self.steps_per_epoch, 4),
-                                                       "knn_top1": acc})
-                        if self.step % cfg.train.ckpt_every == 0 and self.step < self.total_steps:
-                            self.save()
-                        if dist_utils.any_flag(stop.received is not None, self.device):
-                            status = "interrupted"
-                            break
-                        if self.step >= self.total_steps:
-                            break
+                status = self._train(logger, bar, stop)
                 checkpoint = self.save()
                 if status == "interrupted" and self.dist.is_main:
                     tqdm.write(f"stop signal received: checkpoint written at step {self.step}: {checkpoint}")
@@ -336,6 +431,10 @@ class Trainer:
                     knn = self._eval_knn(full=True)
                     if knn is not None:
                         logger.log(self.step, {"epoch": round(self.step / self.steps_per_epoch, 4), "knn_top1": knn})
+                if self.dist.is_main and cfg.train.time_budget_min:
+                    minutes = (self.elapsed_before + time.perf_counter() - self.started) / 60
+                    tqdm.write(f"{status} at step {self.step} after {minutes:.1f} of "
+                               f"{cfg.train.time_budget_min:g} budgeted minutes")
             finally:
                 bar.close()
                 logger.close()
@@ -343,8 +442,43 @@ class Trainer:
                            self.step, status, knn, stop.received)
 
 
+KNN_SEARCH_MARGIN = 1.2  # feature extraction dominates a k-NN; 20% for the similarity search and top-k
+
+
+class _LossMeter:
+    """Mean loss and images per second between log steps; the loss stays on the device until read."""
+
+    def __init__(self, device: torch.device, step: int) -> None:
+        self.device = device
+        self._reset(step)
+
+    def _reset(self, step: int) -> None:
+        self.total, self.count = torch.zeros((), device=self.device), 0
+        self.since, self.since_step = time.perf_counter(), step
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss
+        self.count += 1
+
+    def read(self, step: int, global_batch: int) -> tuple[float, float]:
+        """(mean loss over all ranks, images per second); starts a new interval."""
+        mean = dist_utils.all_reduce_mean(self.total / max(self.count, 1)).item()
+        rate = (step - self.since_step) * global_batch / max(time.perf_counter() - self.since, 1e-9)
+        self._reset(step)
+        return mean, rate
+
+
+def _groups(loader, size: int):
+    """The loader's batches in groups of `size` (one optimizer step's micro-batches); a partial last
+    group is dropped, as the epoch length (steps_per_epoch) already excludes it."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+
+
 def _has_labels(dataset) -> bool:
     labels = getattr(dataset, "labels", None)
     return labels is not None and len(labels) > 0 and bool((labels >= 0).all())
-
-

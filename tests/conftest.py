@@ -80,7 +80,8 @@ def tiny_config(method: str, tmp_path: Path, data: str = "synthetic", **sections
     cfg["data"] = ({"kind": "synthetic", "synthetic_size": 256, "load_size": 28} if data == "synthetic"
                    else {"kind": "fashion_mnist", "limit": 2048})
     cfg["train"] = {"output_dir": str(tmp_path / "runs"), "name": f"{method}_test", "batch_size": 32,
-                    "max_steps": 6, "log_every": 1, "ckpt_every": 1000, "seed": 0}
+                    "max_steps": 6, "log_every": 1, "ckpt_every": 1000, "seed": 0,
+                    "precision": "fp32"}  # the same numbers on every CPU (auto picks bf16 where it is native)
     cfg["eval"] = {"final_knn": False}
     for section, values in sections.items():
         cfg.setdefault(section, {}).update(values)

@@ -180,7 +180,8 @@ def pretrained_fashion_mnist(tmp_path_factory):
         pytest.fail("Fashion-MNIST is missing: install Debian's dataset-fashion-mnist (make test does)")
     tmp = tmp_path_factory.mktemp("pretrained")
     cfg = load_config(ROOT / "configs/simclrv2/resnet18_fashion_mnist.yaml",
-                      ["train.max_steps=60", f"train.output_dir={tmp}", "train.name=pre", "eval.final_knn=false"])
+                      ["train.max_steps=60", "train.time_budget_min=0", f"train.output_dir={tmp}", "train.name=pre",
+                       "eval.final_knn=false"])
     return Trainer(cfg, progress_bar=False).fit().run_dir
 
 

@@ -88,7 +88,10 @@ def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
 
 
 def assert_stop_and_resume_matches_straight_run(base: dict, stop_after: int) -> None:
-    """SIGUSR1 after step `stop_after` + 1, a restart, and the same final weights as a straight run."""
+    """SIGUSR1 during step `stop_after` + 1, a restart, and the same final weights as a straight run.
+
+    The trainer reads the stop flag once per step, before applying it (with the NaN check): a signal
+    raised after step k's check is acted on after step k + 1."""
     straight = Trainer(load_config(base, ["train.name=straight"]), progress_bar=False).fit()
     trainer = Trainer(load_config(base, ["train.name=stopped"]), progress_bar=False)
     original = trainer.method.after_step
@@ -100,7 +103,7 @@ def assert_stop_and_resume_matches_straight_run(base: dict, stop_after: int) -> 
 
     trainer.method.after_step = after_step
     first = trainer.fit()
-    assert first.status == "interrupted" and first.step == stop_after + 1
+    assert first.status == "interrupted" and first.step == stop_after + 2
     second = Trainer(load_config(base, ["train.name=stopped"]), progress_bar=False).fit()
     assert second.status == "completed" and second.step == straight.step
     assert_same_weights(final_weights(straight.run_dir), final_weights(second.run_dir))
@@ -209,3 +212,43 @@ def test_gradient_accumulation_steps_once_per_accumulated_batch(tmp_path):
 def test_bad_accumulation_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="must be divisible by train.accumulate=3"):
         Trainer(load_config(tiny_config("mae", tmp_path, train={"batch_size": 32, "accumulate": 3})))
+
+
+def assert_every_checkpoint_finite(folder: Path) -> list[int]:
+    steps = []
+    for path in sorted(folder.glob("*.pt")):
+        state = load_checkpoint(path)
+        assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point()), path
+        steps.append(state["step"])
+    return steps
+
+
+def test_non_finite_gradient_with_finite_loss_is_not_applied_nor_saved(tmp_path):
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 10, "ckpt_every": 2, "keep_last": 10})
+    trainer = Trainer(load_config(cfg), progress_bar=False)
+    weight = trainer.method.backbone().conv1.weight
+    original = trainer.method.training_step
+
+    def poisoned(views, progress):
+        out = original(views, progress)
+        if progress.step == 3:  # the loss stays finite; one gradient becomes inf
+            weight.register_hook(lambda g: g * float("inf"))
+        return out
+
+    trainer.method.training_step = poisoned
+    with pytest.raises(NonFiniteLossError, match=r"gradient norm is (inf|nan) at step 3; the step was not applied\. "
+                                                 r"The newest checkpoint holds finite weights: .*last\.pt"):
+        trainer.fit()
+    assert torch.isfinite(weight).all()
+    assert trainer.step == 3
+    assert max(assert_every_checkpoint_finite(trainer.run_dir / "checkpoints")) == 2
+
+
+def test_a_diverging_run_never_writes_a_non_finite_checkpoint(tmp_path):
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 10, "ckpt_every": 1, "keep_last": 10},
+                      optim={"name": "sgd", "base_lr": 1e38, "lr_scaling": "none", "momentum": 0.0})
+    trainer = Trainer(load_config(cfg), progress_bar=False)
+    with pytest.raises(NonFiniteLossError, match=r"weights are not finite at step 1 \(.*\); not saved"):
+        trainer.fit()
+    assert trainer.step < 10
+    assert_every_checkpoint_finite(trainer.run_dir / "checkpoints")

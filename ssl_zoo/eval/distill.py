@@ -27,7 +27,7 @@ from ssl_zoo.eval.classifier import Classifier, load_classifier, save_classifier
 from ssl_zoo.eval.supervised import Recipe, train_on
 from ssl_zoo.evaluate import labelled_splits, load_source
 from ssl_zoo.optim import scaled_lr
-from ssl_zoo.trainer import pick_device
+from ssl_zoo.runtime import pick_device
 
 
 def distillation_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:

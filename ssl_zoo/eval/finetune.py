@@ -23,7 +23,7 @@ from ssl_zoo.eval.classifier import Classifier, save_classifier, top1_accuracy
 from ssl_zoo.eval.supervised import Recipe, train_on
 from ssl_zoo.evaluate import labelled_splits, load_source
 from ssl_zoo.optim import scaled_lr
-from ssl_zoo.trainer import pick_device
+from ssl_zoo.runtime import pick_device
 
 
 def parse_label_fraction(text: str) -> float:

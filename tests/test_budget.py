@@ -1,0 +1,91 @@
+"""train.time_budget_min: the run measures its step rate, then fixes a step count that ends in time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import yaml
+
+from ssl_zoo.budget import MEASURE_STEPS, SAFETY, SKIP_STEPS, EvalCost, StepTimer, steps_within_budget
+from ssl_zoo.checkpoint import load_checkpoint
+from ssl_zoo.config import load_config
+from ssl_zoo.trainer import Trainer
+from tests.conftest import tiny_config
+
+NO_EVAL = EvalCost(0.0, 0.0, 0)
+
+
+def test_steps_within_budget_by_hand():
+    # 100 s budget, 10 s spent at step 13, final k-NN 20 s: (100 - 10 - 20) * 0.95 = 66.5 s at 0.5 s/step -> 133 more
+    assert steps_within_budget(100, 10, 13, 0.5, 10_000, EvalCost(20.0, 0.0, 0)) == 13 + 133
+    # a k-NN of 4 s every 8 steps adds 0.5 s per step: 66.5 / 1.0 -> 66 more
+    assert steps_within_budget(100, 10, 13, 0.5, 10_000, EvalCost(20.0, 4.0, 8)) == 13 + 66
+    assert (100 - 10) * (1 - SAFETY) == pytest.approx(85.5)
+
+
+def test_steps_within_budget_never_exceeds_the_config_nor_goes_back():
+    assert steps_within_budget(1e6, 0, 13, 0.1, 500, NO_EVAL) == 500  # a fast machine runs the config's length
+    assert steps_within_budget(10, 30, 13, 0.1, 500, NO_EVAL) == 13  # over budget already: stop now
+    assert steps_within_budget(10, 5, 13, 0.1, 500, EvalCost(60.0, 0.0, 0)) == 13  # the final k-NN alone won't fit
+
+
+def test_step_timer_measures_after_the_skipped_steps():
+    timer = StepTimer(first_step=4)
+    seen = [timer.observe(step, now=float(step) * 2.0) for step in range(5, 4 + SKIP_STEPS + MEASURE_STEPS + 2)]
+    measured = [s for s in seen if s is not None]
+    assert measured == [2.0] and seen.index(2.0) == SKIP_STEPS + MEASURE_STEPS - 1
+
+
+def slowed(trainer: Trainer, seconds: float, stop_at: int | None = None) -> Trainer:
+    """Every training step sleeps `seconds` (a machine of known speed); optionally SIGUSR1 at a step."""
+    original = trainer.method.training_step
+
+    def slow_step(views, progress):
+        time.sleep(seconds)
+        if progress.step == stop_at:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return original(views, progress)
+
+    trainer.method.training_step = slow_step
+    return trainer
+
+
+def budget_config(tmp_path, name: str) -> dict:
+    return tiny_config("simclrv2", tmp_path, train={"name": name, "max_steps": 1000, "time_budget_min": 0.25,
+                                                    "batch_size": 8, "log_every": 5, "ckpt_every": 10_000},
+                       eval={"final_knn": True})
+
+
+def test_slow_steps_end_inside_the_budget_and_the_count_is_recorded(tmp_path, one_thread):
+    start = time.perf_counter()
+    trainer = slowed(Trainer(load_config(budget_config(tmp_path, "slow")), progress_bar=False), 0.3)
+    result = trainer.fit()
+    wall = time.perf_counter() - start
+    assert result.status == "completed" and result.knn_top1 is not None
+    assert 0.6 * 15 < wall <= 15 + 1.0, wall  # used the 15 s, did not overrun them
+    assert SKIP_STEPS + MEASURE_STEPS < result.step < 1000
+    as_run = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert as_run["train"]["max_steps"] == result.step and as_run["train"]["time_budget_min"] == 0.25
+    state = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")
+    assert state["total_steps"] == result.step and state["total_steps_fixed"]
+
+
+def test_a_resumed_run_keeps_the_count_fixed_before(tmp_path, one_thread):
+    stop_at = SKIP_STEPS + MEASURE_STEPS + 2  # after the count is fixed
+    first = slowed(Trainer(load_config(budget_config(tmp_path, "resumed")), progress_bar=False), 0.3, stop_at).fit()
+    assert first.status == "interrupted"
+    fixed = load_checkpoint(first.run_dir / "checkpoints" / "last.pt")["total_steps"]
+    assert first.step < fixed < 1000
+    # no sleep now: measuring again would allow all 1000 steps; the run keeps its count (exact resume)
+    second = Trainer(load_config(budget_config(tmp_path, "resumed")), progress_bar=False).fit()
+    assert second.status == "completed" and second.step == fixed
+
+
+def test_without_a_budget_nothing_is_measured(tmp_path, one_thread):
+    raw = tiny_config("simclrv2", tmp_path, train={"max_steps": SKIP_STEPS + MEASURE_STEPS + 1, "batch_size": 8})
+    trainer = Trainer(load_config(raw), progress_bar=False)
+    trainer._eval_cost = lambda: pytest.fail("no budget: no evaluation timing")
+    assert trainer.fit().step == SKIP_STEPS + MEASURE_STEPS + 1
