@@ -45,6 +45,12 @@ def _slurm_master_addr() -> str:
         return nodelist.split(",")[0]
 
 
+def rendezvous_port(job_id: str) -> int:
+    """A port from the job id, so jobs sharing a node don't clash: 20000-31999, below Linux's ephemeral
+    range (32768-60999), where a port may already be taken by an outgoing connection."""
+    return 20000 + int("".join(filter(str.isdigit, str(job_id))) or 0) % 12000
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group described by the environment (no-op for a single process)."""
     info = env_layout()
@@ -52,10 +58,10 @@ def init_distributed(device_type: str) -> DistInfo:
         return info if not dist.is_initialized() else DistInfo(dist.get_rank(), dist.get_world_size(), info.local_rank)
     if "MASTER_ADDR" not in os.environ:
         os.environ["MASTER_ADDR"] = _slurm_master_addr()
-    os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0")) % 2000))
+    os.environ.setdefault("MASTER_PORT", str(rendezvous_port(os.environ.get("SLURM_JOB_ID", "0"))))
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
-        torch.cuda.set_device(info.local_rank)
+        torch.cuda.set_device(info.local_rank % torch.cuda.device_count())  # one GPU per task: device 0
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
     return info
 

@@ -27,7 +27,10 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimiz
         g.setdefault("lr_scale", 1.0)
         g["wd_scale"] = 1.0 if g.get("weight_decay", cfg.weight_decay) > 0 else 0.0
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.base_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        # fused on CUDA: one kernel for all parameters, and no host sync on the step counters
+        params = [p for g in groups for p in g["params"]]
+        fused = True if params and all(p.is_cuda for p in params) else None
+        return torch.optim.AdamW(groups, lr=cfg.base_lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "lars":

@@ -21,8 +21,17 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("train.device=cuda but no CUDA device is available; use train.device=cpu or auto")
-        return torch.device("cuda", local_rank)
+        # modulo: where SLURM binds one GPU per task, each task sees a single device 0
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def configure_cuda(fixed_shapes: bool = True) -> None:
+    """Fast defaults for CUDA runs: TF32 for fp32 matmuls and convolutions (the autocast regions run in
+    bf16/fp16 anyway), and cuDNN autotuning, which pays off when input shapes do not change."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = fixed_shapes
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:

@@ -29,7 +29,8 @@ from ssl_zoo.eval.knn import extract_features, knn_eval
 from ssl_zoo.methods.base import Method, build_method
 from ssl_zoo.metrics import MetricsLogger
 from ssl_zoo.optim import Schedule, build_optimizer, clip_gradients, scaled_lr
-from ssl_zoo.runtime import AUTOCAST_DTYPES, pick_device, resolve_precision, rng_state, rng_untouched, set_rng_state
+from ssl_zoo.runtime import (AUTOCAST_DTYPES, configure_cuda, pick_device, resolve_precision, rng_state, rng_untouched,
+                             set_rng_state)
 from ssl_zoo.schedules import Progress
 
 
@@ -98,6 +99,8 @@ class Trainer:
         device_hint = pick_device(cfg.train.device)
         self.dist = dist_utils.init_distributed(device_hint.type)
         self.device = pick_device(cfg.train.device, self.dist.local_rank)
+        if self.device.type == "cuda":
+            configure_cuda()
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.amp_dtype = AUTOCAST_DTYPES[self.precision]
         self.run_dir = Path(cfg.train.output_dir) / cfg.train.name
@@ -148,8 +151,8 @@ class Trainer:
                 self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.train.compile:
-            self.model = torch.compile(self.model)
+        if cfg.train.compile:  # the backbone only, in place: DDP's no_sync and the state-dict keys stay as they are
+            self.method.backbone().compile()
         self.step = 0
 
     # ------------------------------------------------------------------ checkpoints

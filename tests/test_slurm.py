@@ -113,7 +113,14 @@ def test_rendezvous_env_from_job_environment():
 
     env = rendezvous_env(Env())
     assert env == {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node7",
-                   "MASTER_PORT": str(20000 + 12345 % 20000)}
+                   "MASTER_PORT": str(20000 + 12345 % 12000)}
+
+
+def test_rendezvous_ports_stay_below_the_ephemeral_range():
+    from ssl_zoo.distributed import rendezvous_port
+
+    ports = {rendezvous_port(str(job)) for job in range(0, 200_000, 7)} | {rendezvous_port("4242_17")}
+    assert min(ports) >= 20000 and max(ports) < 32768 and len(ports) > 10_000
 
 
 def test_bad_config_fails_at_submit_before_queueing(tmp_path, capsys):

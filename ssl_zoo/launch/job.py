@@ -21,6 +21,7 @@ import torch
 
 from ssl_zoo.checkpoint import atomic_write_json
 from ssl_zoo.config import load_config
+from ssl_zoo.distributed import rendezvous_port
 
 
 def rendezvous_env(env: submitit.JobEnvironment) -> dict[str, str]:
@@ -28,7 +29,7 @@ def rendezvous_env(env: submitit.JobEnvironment) -> dict[str, str]:
     return {
         "RANK": str(env.global_rank), "WORLD_SIZE": str(env.num_tasks), "LOCAL_RANK": str(env.local_rank),
         "MASTER_ADDR": env.hostnames[0] if env.hostnames else "127.0.0.1",
-        "MASTER_PORT": str(20000 + int("".join(filter(str.isdigit, str(env.job_id))) or 0) % 20000),
+        "MASTER_PORT": str(rendezvous_port(env.job_id)),
     }
 
 
