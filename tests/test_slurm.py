@@ -250,3 +250,32 @@ def test_cancel_by_run_dir_stops_the_job(slurm_cluster, tmp_path, capsys):
 def test_local_cluster_status_reports_a_usable_node(slurm_cluster):
     out = subprocess.run([str(ROOT / "slurm/local-cluster.sh"), "status"], capture_output=True, text=True)
     assert out.returncode == 0 and "slurmctld: running" in out.stdout and slurm_cluster in out.stdout
+
+
+def test_named_profiles_are_found_from_an_installed_not_editable_package(tmp_path):
+    """pip install (not -e) into a folder, run from elsewhere: a profile in $SSL_ZOO_PROFILES is found,
+    and a submission to the debug executor through it trains."""
+    import os
+    import sys
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(ROOT)], check=True, capture_output=True, timeout=300)
+    assert (target / "ssl_zoo" / "launch" / "profile.py").is_file() and not (target / "slurm").exists()
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "mycluster.yaml").write_text("executor: debug\n")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target), "SSL_ZOO_PROFILES": str(profiles)}
+    code = ("import ssl_zoo, sys; assert ssl_zoo.__file__.startswith(sys.argv[1]), ssl_zoo.__file__; "
+            "from ssl_zoo.cli import main; sys.exit(main(sys.argv[2:]))")
+    out = subprocess.run([sys.executable, "-c", code, str(target), "submit", str(config_file(tmp_path)),
+                          "--cluster", "mycluster", f"train.output_dir={tmp_path / 'runs'}"],
+                         cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt")["step"] == 4
+    missing = subprocess.run([sys.executable, "-c", code, str(target), "submit", str(config_file(tmp_path)),
+                              "--cluster", "nocluster"], cwd=work, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode != 0 and "nocluster.yaml in slurm, " in missing.stderr

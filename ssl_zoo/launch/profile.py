@@ -1,18 +1,20 @@
-"""Cluster profiles: what a SLURM cluster needs on every submission (slurm/<name>.yaml or a path).
+"""Cluster profiles: what a SLURM cluster needs on every submission (<name>.yaml or a path).
 
-`local` (submitit's local executor: subprocesses on this machine) and `debug` (in-process) are
-built in and need no file: the single-node debug path runs without SLURM.
+Named profiles are looked up in ./slurm/, then each folder of $SSL_ZOO_PROFILES, then
+~/.config/ssl-zoo/clusters/: the working directory, not the package, so an installed (not
+editable) zoo finds them too. `local` (submitit's local executor: subprocesses on this machine)
+and `debug` (in-process) are built in and need no file: the single-node debug path runs without SLURM.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from ssl_zoo.config import ConfigError, bounded, build_dataclass, read_yaml_mapping
 
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm"
 BUILTIN = ("local", "debug")
 
 
@@ -40,25 +42,33 @@ class ClusterProfile:
         return self.tasks_per_node or self.gpus_per_node or 1
 
 
-def profile_path(name: str) -> Path:
+def profile_dirs() -> list[Path]:
+    """Where named profiles are looked up, first match wins."""
+    extra = [Path(p) for p in os.environ.get("SSL_ZOO_PROFILES", "").split(os.pathsep) if p]
+    return [Path("slurm"), *extra, Path.home() / ".config" / "ssl-zoo" / "clusters"]
+
+
+def profile_path(name: str) -> Path | None:
+    """The file of profile `name`: a path as given, else the first <name>.yaml in profile_dirs()."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         return path
-    return PROFILE_DIR / f"{name}.yaml"
+    return next((d / f"{name}.yaml" for d in profile_dirs() if (d / f"{name}.yaml").is_file()), None)
 
 
 def available_profiles() -> list[str]:
-    return sorted([*BUILTIN, *(p.stem for p in PROFILE_DIR.glob("*.yaml"))])
+    return sorted({*BUILTIN, *(p.stem for d in profile_dirs() for p in d.glob("*.yaml"))})
 
 
 def load_profile(name: str, overrides: dict | None = None) -> ClusterProfile:
-    """The profile `name` (built-in, slurm/<name>.yaml, or a YAML path) with CLI flags applied."""
+    """The profile `name` (built-in, a named file from profile_dirs(), or a YAML path) with CLI flags applied."""
     if name in BUILTIN:
         raw: dict = {"executor": name}
     else:
         path = profile_path(name)
-        if not path.is_file():
-            raise ConfigError(f"unknown cluster profile {name!r}: no file {path}. "
+        if path is None or not path.is_file():
+            where = path or f"{name}.yaml in {', '.join(map(str, profile_dirs()))}"
+            raise ConfigError(f"unknown cluster profile {name!r}: no file {where}. "
                               f"Available: {', '.join(available_profiles())} (or a path to a YAML profile)")
         raw = read_yaml_mapping(path)
     raw = {"name": Path(name).stem, **raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
