@@ -367,7 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--hub", help=hub_help)
     q.add_argument("--cache-dir", help=cache_help)
     q.set_defaults(func=cmd_hub_info)
-    q = hsub.add_parser("download", help="download and verify (sha256) a model into the cache; prints its folder")
+    q = hsub.add_parser("download", help="download and verify (sha256) a model into the cache; prints its folder",
+                        epilog="The weights are installed only after their sha256 matches the hub index's, else "
+                        "the one in the model's config.json; a model with neither is refused (there is no "
+                        "option to skip verification). An interrupted download keeps its .part file: rerun the "
+                        "same command to resume it.")
     q.add_argument("name", help="hub name, URL or hf-hub:org/name")
     q.add_argument("--hub", help=hub_help)
     q.add_argument("--cache-dir", help=cache_help)
