@@ -57,6 +57,9 @@ def is_vit(model: nn.Module) -> bool:
     return hasattr(model, "patch_embed") and hasattr(model, "blocks")
 
 
+STEMS = ("imagenet", "cifar", "no_maxpool", "no_layer_scale")  # what adapt_stem can redo
+
+
 def adapt_stem(model: nn.Module, stem: str) -> nn.Module:
     """Changes timm has no constructor argument for, recorded in BackboneSpec.stem so the hub can
     redo them. ResNet stems for small images: 'cifar' = 3x3 stride-1 conv, no max-pool (what GPU

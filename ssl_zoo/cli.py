@@ -228,16 +228,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from ssl_zoo.launch.status import find_records, job_view, log_tail
+    from ssl_zoo.launch.status import find_run_dirs, job_views, log_tail
 
-    views = [job_view(p) for p in find_records(Path(args.run_dir))]
+    views = [v for run_dir in find_run_dirs(Path(args.run_dir)) for v in job_views(run_dir)]
     if not views:
         print(f"no submitted runs under {args.run_dir}")
         return 0
-    rows = [("job", "executor", "state", "exit", "step", "loss", "run dir", "log")]
+    rows = [("job", "executor", "state", "exit", "submitted", "step", "loss", "run dir", "log")]
     for v in views:
-        rows.append((v.job_id, v.executor, v.state, v.exit_code, "-" if v.step is None else str(v.step),
-                     "-" if v.loss is None else f"{v.loss:.4f}", str(v.run_dir), str(v.stdout)))
+        rows.append((v.job_id, v.executor, v.state, v.exit_code or "-", v.submitted,
+                     "-" if v.step is None else str(v.step), "-" if v.loss is None else f"{v.loss:.4f}",
+                     str(v.run_dir), str(v.stdout)))
     print_table(rows)
     for v in views:
         if v.failed:
@@ -339,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("jobs", help="state, step, last loss and logs of submitted runs")
+    p = sub.add_parser("jobs", help="every job of submitted runs (resubmissions included): state, submit time, "
+                       "step, last loss and logs")
     p.add_argument("run_dir", nargs="?", default="runs", help="a run directory or a folder of runs (default runs/)")
     p.set_defaults(func=cmd_jobs)
 
@@ -367,7 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--hub", help=hub_help)
     q.add_argument("--cache-dir", help=cache_help)
     q.set_defaults(func=cmd_hub_info)
-    q = hsub.add_parser("download", help="download and verify (sha256) a model into the cache; prints its folder")
+    q = hsub.add_parser("download", help="download and verify (sha256) a model into the cache; prints its folder",
+                        epilog="The weights are installed only after their sha256 matches the hub index's, else "
+                        "the one in the model's config.json; a model with neither is refused (there is no "
+                        "option to skip verification). An interrupted download keeps its .part file: rerun the "
+                        "same command to resume it.")
     q.add_argument("name", help="hub name, URL or hf-hub:org/name")
     q.add_argument("--hub", help=hub_help)
     q.add_argument("--cache-dir", help=cache_help)
@@ -395,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ssl_zoo.data import DataError
     from ssl_zoo.hub import HubError
+    from ssl_zoo.launch import JobError
     from ssl_zoo.trainer import NonFiniteLossError
 
     parser = build_parser()
@@ -406,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.extend(extra)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, HubError) as e:
+    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, HubError, JobError) as e:
         print(f"ssl-zoo: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,8 +7,10 @@ what would have been valid.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,11 +24,15 @@ class ConfigError(ValueError):
     """A configuration key or value is invalid; the message says which and what is allowed."""
 
 
-def bounded(default: Any, lo: float | None = None, hi: float | None = None, **kw: Any) -> Any:
-    """A dataclass field whose numeric value must lie in [lo, hi] (checked at load)."""
+def bounded(default: Any, lo: float | None = None, hi: float | None = None, *, hi_open: bool = False,
+            ordered: bool = False, **kw: Any) -> Any:
+    """A dataclass field whose numeric value (each value, for a tuple) must lie in [lo, hi], or [lo, hi)
+    with `hi_open`; `ordered` marks a (low, high) range, so a pair given as (high, low) is refused at load
+    instead of sampling from an empty interval later."""
+    metadata = {"lo": lo, "hi": hi, "hi_open": hi_open, "ordered": ordered}
     if callable(default) and not isinstance(default, (int, float)):
-        return field(default_factory=default, metadata={"lo": lo, "hi": hi}, **kw)
-    return field(default=default, metadata={"lo": lo, "hi": hi}, **kw)
+        return field(default_factory=default, metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
 
 
 # ----------------------------------------------------------------------------- schema
@@ -88,7 +94,7 @@ class OptimConfig:
     warmup_epochs: float = bounded(0.0, 0.0)
     weight_decay: float = bounded(0.0, 0.0)
     weight_decay_end: float = bounded(-1.0, -1.0)  # < 0: constant weight decay
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = bounded((0.9, 0.999), 0.0, 1.0, hi_open=True)  # Adam: each in [0, 1)
     momentum: float = bounded(0.9, 0.0, 1.0)
     lars_eta: float = bounded(0.001, 0.0)
     clip_grad: float = bounded(0.0, 0.0)  # 0: no clipping
@@ -190,9 +196,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping with keys {[f.name for f in dataclasses.fields(tp)]}, got {value!r}")
-        return build_dataclass(tp, value, path)
+        return build_dataclass(tp, _expect_mapping(value, path, [f.name for f in dataclasses.fields(tp)]), path)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -206,11 +210,13 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -223,16 +229,36 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported field type {tp!r}")
 
 
+PROBABILITY_SUFFIX = "_p"  # a field named like `flip_p` is a probability: [0, 1] unless declared otherwise
+
+
+def _limits(f: dataclasses.Field) -> tuple[float | None, float | None, bool]:
+    """(lo, hi, hi_open) of a field: its `bounded` metadata, else [0, 1] for probabilities (`*_p`)."""
+    if f.metadata.get("lo") is None and f.metadata.get("hi") is None and f.name.endswith(PROBABILITY_SUFFIX):
+        return 0.0, 1.0, False
+    return f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("hi_open", False)
+
+
 def _check_range(value: Any, f: dataclasses.Field, path: str) -> None:
-    lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
-    if value is None or (lo is None and hi is None):
-        return
+    lo, hi, hi_open = _limits(f)
     values = value if isinstance(value, (tuple, list)) else (value,)
+    if not all(isinstance(v, (int, float)) for v in values):  # None, or not numbers: nothing to bound
+        return
     for v in values:
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            lo_s = "-inf" if lo is None else lo
-            hi_s = "inf" if hi is None else hi
-            raise ConfigError(f"{path}: value {v!r} is out of range; valid range: [{lo_s}, {hi_s}]")
+        if (lo is not None and v < lo) or (hi is not None and (v >= hi if hi_open else v > hi)):
+            valid = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{')' if hi_open else ']'}"
+            raise ConfigError(f"{path}: value {v!r} is out of range; valid range: {valid}")
+    if f.metadata.get("ordered") and len(values) == 2 and values[0] > values[1]:
+        raise ConfigError(f"{path}: {list(values)} is a (low, high) range with low > high; "
+                          f"did you mean {[values[1], values[0]]}?")
+
+
+def _expect_mapping(value: Any, path: str, keys: list[str]) -> dict:
+    """`value` if it is a mapping; anything else is an error naming the section and its valid keys."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a mapping (key: value lines), got {value!r}; "
+                          f"valid keys: {', '.join(keys)}")
+    return value
 
 
 def build_dataclass(cls: type, data: dict, path: str = "") -> Any:
@@ -306,10 +332,10 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
     The optimiser section starts from the method's paper defaults (`Method.paper_optim`), so a
     config only states what it changes.
     """
-    from ssl_zoo.registry import get_method_class
+    from ssl_zoo.registry import available_methods, get_method_class
 
     if isinstance(source, dict):
-        raw, name_hint = dict(source), ""
+        raw, name_hint = copy.deepcopy(source), ""  # overrides must not write into the caller's dict
     else:
         path = Path(source)
         raw, name_hint = read_yaml_mapping(path), path.stem
@@ -321,21 +347,26 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
         if key not in sections:
             raise ConfigError(f"unknown config section '{key}'.{_closest(key, sorted(sections))} "
                               f"Valid sections: {', '.join(sorted(sections))}")
-    method_raw = dict(raw.get("method") or {})
-    if "name" not in method_raw:
-        raise ConfigError("method.name is required")
+
+    def section(name: str, cls: type) -> dict:  # an empty YAML section (`train:`) is null: no changes
+        value = raw.get(name)
+        return {} if value is None else _expect_mapping(value, name, [f.name for f in dataclasses.fields(cls)])
+
+    method_raw = raw.get("method")
+    if not isinstance(method_raw, dict) or "name" not in method_raw:
+        raise ConfigError(f"method: expected a mapping with at least 'name' (method.name is required; one of "
+                          f"{', '.join(available_methods())}) and that method's keys, got {method_raw!r}")
     method_cls = get_method_class(method_raw["name"])
     method_cfg = build_dataclass(method_cls.Config, method_raw, "method")
 
-    optim_raw = dataclasses.asdict(method_cls.paper_optim())
-    optim_raw.update(raw.get("optim") or {})
+    optim_raw = {**dataclasses.asdict(method_cls.paper_optim()), **section("optim", OptimConfig)}
     cfg = ExperimentConfig(
         method=method_cfg,
-        data=build_dataclass(DataConfig, raw.get("data") or {}, "data"),
-        model=build_dataclass(ModelConfig, {**method_cls.default_model(), **(raw.get("model") or {})}, "model"),
+        data=build_dataclass(DataConfig, section("data", DataConfig), "data"),
+        model=build_dataclass(ModelConfig, {**method_cls.default_model(), **section("model", ModelConfig)}, "model"),
         optim=build_dataclass(OptimConfig, optim_raw, "optim"),
-        train=build_dataclass(TrainConfig, raw.get("train") or {}, "train"),
-        eval=build_dataclass(EvalConfig, raw.get("eval") or {}, "eval"),
+        train=build_dataclass(TrainConfig, section("train", TrainConfig), "train"),
+        eval=build_dataclass(EvalConfig, section("eval", EvalConfig), "eval"),
     )
     if not cfg.train.name:
         cfg.train.name = name_hint or method_cfg.name

@@ -96,3 +96,73 @@ def test_sampler_resumes_mid_epoch_and_splits_ranks():
     assert not set(r0) & set(r1) and len(list(r0)) == len(list(r1)) == 50
     with pytest.raises(ValueError, match="smaller than one global batch"):
         ResumableSampler(10, 8, 0, world_size=2)
+
+
+def flat_folder(folder, channels=1, on_bad_image="skip"):
+    """The image-folder dataset of 16 px images at load size 16 (decoded without resampling)."""
+    return build_dataset(DataConfig(kind="image_folder", path=str(folder), load_size=16, channels=channels,
+                                    on_bad_image=on_bad_image), "train")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_images_scale_by_257_not_clip(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 65536, (16, 16), dtype=np.uint16)
+    pixels[0, :3] = [0, 32767, 65535]
+    Image.fromarray(pixels).save(tmp_path / f"a{suffix}")
+    assert Image.open(tmp_path / f"a{suffix}").mode == "I;16"  # really a 16-bit file
+    expected = torch.from_numpy(np.rint(pixels / 257).astype(np.uint8))
+    gray = flat_folder(tmp_path, channels=1).__getitems__([0])
+    assert torch.equal(gray.images[0, 0], expected)
+    assert gray.images[0, 0, 0, :3].tolist() == [0, 127, 255]
+    rgb = flat_folder(tmp_path, channels=3).__getitems__([0])
+    assert all(torch.equal(rgb.images[0, c], expected) for c in range(3))
+
+
+def test_float_images_scale_from_unit_range_else_min_max(tmp_path):
+    rng = np.random.default_rng(1)
+    unit = rng.random((16, 16), dtype=np.float32)
+    wide = (rng.random((16, 16), dtype=np.float32) * 300 - 100).astype(np.float32)  # about -100..200
+    Image.fromarray(unit).save(tmp_path / "a_unit.tif")
+    Image.fromarray(wide).save(tmp_path / "b_wide.tif")
+    assert Image.open(tmp_path / "a_unit.tif").mode == "F"
+    batch = flat_folder(tmp_path).__getitems__([0, 1])
+    assert torch.equal(batch.images[0, 0], torch.from_numpy(np.rint(unit * 255).astype(np.uint8)))
+    minmax = (wide - wide.min()) / (wide.max() - wide.min())
+    assert torch.equal(batch.images[1, 0], torch.from_numpy(np.rint(minmax * 255).astype(np.uint8)))
+
+
+def test_unconvertible_high_bit_images_follow_on_bad_image_with_the_reason(tmp_path):
+    Image.fromarray(np.full((16, 16), 1000, dtype=np.uint16)).save(tmp_path / "a_good.png")
+    nan = np.ones((16, 16), dtype=np.float32)
+    nan[3, 4] = np.nan
+    Image.fromarray(nan).save(tmp_path / "b_nan.tif")
+    Image.fromarray(np.full((16, 16), 70000, dtype=np.int32)).save(tmp_path / "c_int32.tif")
+    with pytest.warns(UserWarning) as record:
+        batch = flat_folder(tmp_path).__getitems__([1, 2])
+    assert batch.indices.tolist() == [0, 0] and batch.images[0, 0, 0, 0] == 4  # round(1000 / 257)
+    messages = [str(w.message) for w in record]
+    assert any("b_nan.tif: float image with NaN or infinite pixels" in m for m in messages)
+    assert any("c_int32.tif: 32-bit integer pixels span 70000..70000, outside 16 bits" in m for m in messages)
+    strict = flat_folder(tmp_path, on_bad_image="error")
+    with pytest.raises(DataError, match=r"^unreadable image .*b_nan.tif: float image with NaN or infinite pixels "
+                                        r"\(set data.on_bad_image=skip to skip it\)$"):
+        strict.__getitems__([1])
+
+
+def test_decompression_bombs_are_skipped_or_refused_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL warns above 1000 pixels, refuses above 2000
+    Image.new("L", (20, 20), 7).save(tmp_path / "a_small.png")
+    Image.new("L", (40, 40)).save(tmp_path / "b_warned.png")  # 1600 pixels
+    Image.new("L", (50, 50)).save(tmp_path / "c_refused.png")  # 2500 pixels
+    with pytest.warns(UserWarning) as record:
+        batch = flat_folder(tmp_path).__getitems__([0, 1, 2])
+    assert batch.indices.tolist() == [0, 0, 0] and int(batch.images[1, 0, 0, 0]) == 7
+    messages = [str(w.message) for w in record if "skipping" in str(w.message)]
+    assert len(messages) == 2
+    assert "b_warned.png: Image size (1600 pixels) exceeds limit of 1000 pixels" in messages[0]
+    assert "c_refused.png: Image size (2500 pixels) exceeds limit of 2000 pixels" in messages[1]
+    strict = flat_folder(tmp_path, on_bad_image="error")
+    for index, name in ((1, "b_warned.png"), (2, "c_refused.png")):
+        with pytest.raises(DataError, match=rf"^unreadable image .*{name}: Image size .* exceeds limit"):
+            strict.__getitems__([index])

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,27 @@ class RangeHandler(QuietHandler):
         self.end_headers()
         self.wfile.write(data)
         type(self).sent += len(data)
+
+
+class DroppingHandler(RangeHandler):
+    """A whole-file GET announces the full length (unless `announce` is off) but sends only the first
+    `drop_at` bytes and closes the connection; a Range GET (the resume) is served in full."""
+
+    drop_at = 0
+    announce = True
+
+    def do_GET(self) -> None:
+        path = Path(self.translate_path(self.path))
+        if self.headers.get("Range") or not path.is_file() or path.suffix == ".json":
+            return super().do_GET()
+        data = path.read_bytes()
+        self.send_response(200)
+        if self.announce:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: self.drop_at])
+        self.wfile.flush()
+        self.close_connection = True
 
 
 def serve(folder: Path, handler=QuietHandler) -> tuple[ThreadingHTTPServer, str]:
@@ -380,3 +402,115 @@ def test_cli_export_list_info_download(exported, tmp_path, capsys):
     assert folder.is_relative_to(tmp_path / "c") and (folder / "model.safetensors").is_file()
     assert cli_main(["export", str(run_dir), "--name", "../x", "--hub", str(hub_dir)]) == 2
     assert "invalid hub model name" in capsys.readouterr().err
+
+
+def dropping(drop_at: int, announce: bool = True) -> type:
+    return type("Dropping", (DroppingHandler,), {"drop_at": drop_at, "announce": announce, "sent": 0})
+
+
+@pytest.mark.parametrize("announce", [True, False], ids=["content-length", "index-size"])
+def test_dropped_connection_keeps_the_part_and_the_rerun_resumes(tmp_path, announce):
+    data = os.urandom(3_000_000)
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served/w.bin").write_bytes(data)
+    dest = tmp_path / "cache/w.bin"
+    sha, size = hashlib.sha256(data).hexdigest(), None if announce else len(data)
+    handler = dropping(1_200_000, announce)
+    server, url = serve(tmp_path / "served", handler)
+    try:
+        with pytest.raises(HubError, match=rf"^downloading {url}/w.bin: connection lost at 1.2 of 3.0 MB: rerun to "
+                                           r"resume \(the partial file .*w.bin.part is kept\)$"):
+            download(f"{url}/w.bin", dest, sha256=sha, progress=False, size=size)
+        assert not dest.exists() and (tmp_path / "cache/w.bin.part").read_bytes() == data[:1_200_000]
+        download(f"{url}/w.bin", dest, sha256=sha, progress=False, size=size)  # the rerun
+    finally:
+        stop(server)
+    assert dest.read_bytes() == data and handler.sent == len(data) - 1_200_000  # only the rest was sent
+    assert not (tmp_path / "cache/w.bin.part").exists()
+
+
+def tiny_hub(root: Path, digests: bool = True, **config) -> Path:
+    """A hub with one model 'm' (a real safetensors file of about 1.2 MB) written by hand: no training."""
+    from safetensors.torch import save_file
+
+    folder = root / "m"
+    folder.mkdir(parents=True)
+    save_file({"w": torch.arange(300_000, dtype=torch.float32)}, str(folder / "model.safetensors"))
+    data = (folder / "model.safetensors").read_bytes()
+    meta = {"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)} if digests else {}
+    doc = {"architecture": "test_vit", "pretrained_cfg": {}, "ssl_zoo": dict(meta), **config}
+    (folder / "config.json").write_text(json.dumps(doc))
+    (root / "index.json").write_text(json.dumps({"format": "ssl-zoo-hub/1", "models": {"m": {"path": "m", **meta}}}))
+    return root
+
+
+def test_cli_download_interrupted_then_resumed_installs_only_verified_weights(tmp_path, capsys):
+    hub_dir = tiny_hub(tmp_path / "hub")
+    size = (hub_dir / "m/model.safetensors").stat().st_size
+    handler = dropping(size // 2)
+    server, url = serve(hub_dir, handler)
+    args = ["hub", "download", "m", "--hub", url, "--cache-dir", str(tmp_path / "cache")]
+    try:
+        assert cli_main(args) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1
+        assert f"connection lost at {size // 2 / 1e6:.1f} of {size / 1e6:.1f} MB: rerun to resume" in err
+        assert not list((tmp_path / "cache").rglob("model.safetensors"))
+        assert [p.stat().st_size for p in (tmp_path / "cache").rglob("model.safetensors.part")] == [size // 2]
+        assert cli_main(args) == 0
+    finally:
+        stop(server)
+    folder = Path(capsys.readouterr().out.strip())
+    assert (folder / "model.safetensors").read_bytes() == (hub_dir / "m/model.safetensors").read_bytes()
+    assert handler.sent == size - size // 2
+
+
+def test_weights_without_any_sha256_are_refused_not_installed(tmp_path, capsys):
+    hub_dir = tiny_hub(tmp_path / "hub", digests=False)
+    server, url = serve(hub_dir)
+    try:
+        assert cli_main(["hub", "download", "m", "--hub", url, "--cache-dir", str(tmp_path / "cache")]) == 2
+        with pytest.raises(HubError, match=r"^http://.*/m/model.safetensors has no sha256 in the hub index or in its "
+                                           r"config.json: refusing to install weights that cannot be verified$"):
+            hub.load(f"{url}/m", cache_dir=tmp_path / "cache")  # a model-folder URL: no index at all
+    finally:
+        stop(server)
+    assert "refusing to install weights" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").rglob("model.safetensors*"))
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"architecture": 5}, r"field 'architecture' must be a timm model name \(a string\), got 5"),
+    ({"architecture": "resnet_18"}, r"field 'architecture': timm \S+ does not know 'resnet_18'; the closest timm "
+                                    r"name is 'resnet18'$"),
+    ({"architecture": "totally_unknown"}, r"field 'architecture': timm \S+ does not know 'totally_unknown'$"),
+    ({"model_args": [1, 2]}, r"field 'model_args' must be an object of constructor arguments, got \[1, 2\]$"),
+    ({"pretrained_cfg": "imagenet"}, r"field 'pretrained_cfg' must be an object \(timm's pretrained_cfg\), got 'imagenet'$"),
+    ({"ssl_zoo": {"stem": "wide"}}, r"field 'ssl_zoo.stem' must be one of imagenet, cifar, no_maxpool, no_layer_scale, "
+                                    r"got 'wide'$"),
+    ({"ssl_zoo": {"sha256": "abc"}}, r"field 'ssl_zoo.sha256' must be a sha256 \(64 lowercase hex digits\), got 'abc'$"),
+    ({"model_args": {"depthh": 2}}, r"field 'model_args' does not fit test_vit: .*unexpected keyword argument 'depthh'$"),
+])
+def test_malformed_model_config_is_one_line_naming_file_and_field(tmp_path, config, message):
+    hub_dir = tiny_hub(tmp_path / "hub", digests=False, **config)
+    with pytest.raises(HubError, match=rf"^{re.escape(str(hub_dir / 'm'))}/config.json: {message}"):
+        hub.load("m", hub=hub_dir)
+
+
+def test_config_json_missing_fields_or_not_an_object(tmp_path):
+    folder = tiny_hub(tmp_path / "hub") / "m"
+    (folder / "config.json").write_text(json.dumps({"architecture": "test_vit"}))
+    with pytest.raises(HubError, match=r"config.json lacks pretrained_cfg, ssl_zoo: not an ssl-zoo export$"):
+        hub.load(folder)
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(HubError, match=r"config.json: expected a JSON object, got list$"):
+        hub.load(folder)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"sha256": "ABC"}, r"^index.json: entry 'm' field 'sha256' must be a sha256 \(64 lowercase hex digits\), got 'ABC'$"),
+    ({"size_bytes": "12"}, r"^index.json: entry 'm' field 'size_bytes' must be a whole number of bytes, got '12'$"),
+])
+def test_index_entry_digest_and_size_are_checked(entry, message):
+    with pytest.raises(HubError, match=message):
+        parse_index(json.dumps({"format": "ssl-zoo-hub/1", "models": {"m": {"path": "m", **entry}}}), "index.json")

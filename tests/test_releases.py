@@ -15,7 +15,7 @@ from ssl_zoo.hub.download import sha256_file
 from ssl_zoo.hub.index import check_name
 from ssl_zoo.hub.official import FORMATS
 from ssl_zoo.hub.releases import RELEASES, fetch_release, mirrored, pins_path, read_pins
-from tests.test_hub import serve, stop
+from tests.test_hub import dropping, serve, stop
 from tests.test_official import layout, same_function, timm_with
 
 RELEASE = "dino_vits16"
@@ -119,3 +119,21 @@ def test_unreachable_mirror_unknown_release_and_format_conflicts_are_clear_error
     pins_path(tmp_path / "cache").write_text("{not json")
     with pytest.raises(HubError, match="sha256.json is not valid JSON"):
         fetch_release(RELEASE, tmp_path / "cache")
+
+
+def test_a_dropped_first_download_pins_nothing_and_the_rerun_resumes(tmp_path):
+    """Trust on first use must not trust half a file: the drop is reported, the rerun resumes and pins the whole."""
+    served = publish(tmp_path / "mirror", RELEASE, {"w": torch.zeros(500_000)})
+    size = served.stat().st_size
+    handler = dropping(size // 3)
+    server, url = serve(tmp_path / "mirror", handler)
+    try:
+        with pytest.raises(HubError, match=rf"connection lost at {size // 3 / 1e6:.1f} of {size / 1e6:.1f} MB: "
+                                           r"rerun to resume"):
+            fetch_release(RELEASE, tmp_path / "cache", mirror=url, progress=False)
+        assert read_pins(tmp_path / "cache") == {}
+        path = fetch_release(RELEASE, tmp_path / "cache", mirror=url, progress=False)
+    finally:
+        stop(server)
+    assert path.read_bytes() == served.read_bytes() and handler.sent == size - size // 3
+    assert read_pins(tmp_path / "cache") == {RELEASES[RELEASE].url: sha256_file(served)}

@@ -16,7 +16,7 @@ from ssl_zoo.cli import main as cli_main
 from ssl_zoo.config import ConfigError
 from ssl_zoo.launch.job import rendezvous_env
 from ssl_zoo.launch.profile import load_profile
-from ssl_zoo.launch.status import find_records, job_view
+from ssl_zoo.launch.status import find_run_dirs, job_views, read_records
 from ssl_zoo.launch.submit import make_executor, submit, sweep_product
 from tests.conftest import ROOT, tiny_config
 
@@ -59,13 +59,13 @@ def wait_for_step(run_dir: Path, step: int, timeout: float = 120) -> None:
     raise TimeoutError(f"{run_dir} did not reach step {step}")
 
 
-def settled(record: Path, timeout: float = 30):
-    """The job's view once SLURM has recorded its end (the result file appears a moment earlier)."""
+def settled(run_dir: Path, timeout: float = 30):
+    """The newest job's view once SLURM has recorded its end (the result file appears a moment earlier)."""
     deadline = time.time() + timeout
-    view = job_view(record)
+    view = job_views(run_dir)[-1]
     while view.state in ("RUNNING", "PENDING", "COMPLETING") and time.time() < deadline:
         time.sleep(0.2)
-        view = job_view(record)
+        view = job_views(run_dir)[-1]
     return view
 
 
@@ -127,7 +127,7 @@ def test_bad_config_fails_at_submit_before_queueing(tmp_path, capsys):
     path = config_file(tmp_path)
     assert cli_main(["submit", str(path), "--cluster", "debug", "optim.base_lr=-1"]) == 2
     assert "optim.base_lr" in capsys.readouterr().err
-    assert not find_records(tmp_path / "runs")
+    assert not find_run_dirs(tmp_path / "runs")
 
 
 def test_local_and_debug_executors_give_the_same_run(tmp_path):
@@ -138,9 +138,38 @@ def test_local_and_debug_executors_give_the_same_run(tmp_path):
                       [f"train.output_dir={out}"])
         results[executor] = s.job.results()[0]
         assert results[executor]["status"] == "completed" and results[executor]["step"] == 4
-        assert job_view(s.run_dir / "job.json").state == "COMPLETED"
+        assert job_views(s.run_dir)[-1].state == "COMPLETED"
     assert results["local"]["weights_sha256"] == results["debug"]["weights_sha256"]
     assert_same_weights(final_weights(tmp_path / "local/local_run"), final_weights(tmp_path / "debug/debug_run"))
+
+
+def test_jobs_lists_every_submission_of_a_run_dir(tmp_path, capsys):
+    """A resubmission into the same run directory adds a job to jobs.jsonl; `ssl-zoo jobs` lists both."""
+    path = config_file(tmp_path, "again", max_steps=2)
+    first, = submit(str(path), load_profile("debug"), [])
+    first.job.results()  # the debug executor runs the job when asked for its result
+    second, = submit(str(path), load_profile("debug"), ["train.max_steps=3"])  # resumes the same run
+    second.job.results()
+    capsys.readouterr()  # the trainer's own output
+    assert first.run_dir == second.run_dir and first.job_id != second.job_id
+    records = read_records(first.run_dir)
+    assert [r["job_id"] for r in records] == [first.job_id, second.job_id]
+    assert (first.run_dir / "jobs.jsonl").read_text().count("\n") == 2  # one line per submission, appended
+    assert cli_main(["jobs", str(first.run_dir)]) == 0
+    header, *rows = capsys.readouterr().out.strip().splitlines()
+    assert header.split()[:6] == ["job", "executor", "state", "exit", "submitted", "step"]
+    assert [r.split()[0] for r in rows] == [first.job_id, second.job_id]
+    assert [r.split()[4] for r in rows] == [rec["submitted"] for rec in records]
+    assert rows[1].split()[1:6] == ["debug", "COMPLETED", "0", records[1]["submitted"], "3"]
+    assert rows[0].split()[2] == "UNKNOWN" and rows[0].split()[5] == "-"  # its status was the run's, now superseded
+
+
+def test_cancel_of_an_unknown_name_or_an_empty_run_dir_is_a_one_line_error(tmp_path, capsys):
+    assert cli_main(["cancel", "not-a-job", "--runs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ssl-zoo: error: no job 'not-a-job': no run directory under")
+    assert cli_main(["cancel", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"ssl-zoo: error: {tmp_path} holds no submitted job (no jobs.jsonl in it or below it)\n"
 
 
 # ----------------------------------------------------------------------------- real SLURM
@@ -159,12 +188,13 @@ def test_submit_tiny_fashion_mnist_run_completes(slurm_cluster, tmp_path, capsys
     assert f"run dir: {run_dir}" in out and "stdout: " in out
     assert (run_dir / "checkpoints/last.pt").is_file() and (run_dir / "metrics.jsonl").is_file()
     assert load_checkpoint(run_dir / "checkpoints/last.pt")["step"] == 3
-    view = settled(run_dir / "job.json")
+    view = settled(run_dir)
     assert (view.job_id, view.executor, view.state, view.step) == (job_id, "slurm", "COMPLETED", 3)
     assert cli_main(["jobs", str(tmp_path / "runs")]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:4] == ["job", "executor", "state", "exit"]
-    assert table[1].split()[:5] == [job_id, "slurm", "COMPLETED", "0:0", "3"]
+    assert table[0].split()[:6] == ["job", "executor", "state", "exit", "submitted", "step"]
+    row = table[1].split()
+    assert row[:4] == [job_id, "slurm", "COMPLETED", "0:0"] and row[5] == "3"
 
 
 def logged_lr(run_dir: Path) -> list[float]:
@@ -207,7 +237,7 @@ def test_failing_job_is_not_requeued_and_reports_its_error(slurm_cluster, tmp_pa
                   ["data.kind=fashion_mnist", f"data.path={tmp_path / 'no_such_dataset'}"])
     with pytest.raises(Exception):  # submitit's FailedJobError
         s.job.result()
-    view = settled(s.run_dir / "job.json")
+    view = settled(s.run_dir)
     assert view.state == "FAILED" and view.exit_code not in ("", "0:0")
     job = subprocess.run(["scontrol", "show", "job", s.job_id], capture_output=True, text=True).stdout
     assert "JobState=FAILED" in job and "Restarts=0" in job  # not requeued
@@ -226,15 +256,14 @@ def test_sweep_array_gives_each_element_its_own_run(slurm_cluster, tmp_path, cap
     assert cli_main(["submit", str(path), "--cluster", "localhost", "--sweep", "optim.base_lr=0.3,0.1",
                      "--wait"]) == 0
     capsys.readouterr()
-    records = find_records(tmp_path / "runs/sweep")
-    assert len(records) == 2
-    run_dirs = sorted(r.parent for r in records)
+    run_dirs = find_run_dirs(tmp_path / "runs/sweep")
+    assert len(run_dirs) == 2
     assert [d.name for d in run_dirs] == ["000_base_lr=0.3", "001_base_lr=0.1"]
     lrs = [yaml.safe_load((d / "config.yaml").read_text())["optim"]["base_lr"] for d in run_dirs]
     assert lrs == [0.3, 0.1]
-    job_ids = [json.loads(r.read_text())["job_id"] for r in sorted(records)]
+    job_ids = [record["job_id"] for d in run_dirs for record in read_records(d)]
     assert len({j.split("_")[0] for j in job_ids}) == 1 and job_ids[0] != job_ids[1]  # one array, two elements
-    assert all(settled(r).state == "COMPLETED" for r in records)
+    assert all(settled(d).state == "COMPLETED" for d in run_dirs)
 
 
 @pytest.mark.slurm
@@ -243,13 +272,23 @@ def test_cancel_by_run_dir_stops_the_job(slurm_cluster, tmp_path, capsys):
     wait_for_step(s.run_dir, 1)
     assert cli_main(["cancel", str(s.run_dir)]) == 0
     assert f"scancel {s.job_id}" in capsys.readouterr().out
-    assert settled(s.run_dir / "job.json").state.startswith("CANCELLED")
+    assert settled(s.run_dir).state.startswith("CANCELLED")
 
 
 @pytest.mark.slurm
 def test_local_cluster_status_reports_a_usable_node(slurm_cluster):
     out = subprocess.run([str(ROOT / "slurm/local-cluster.sh"), "status"], capture_output=True, text=True)
     assert out.returncode == 0 and "slurmctld: running" in out.stdout and slurm_cluster in out.stdout
+
+
+@pytest.mark.slurm
+def test_cancel_of_an_unknown_job_id_fails_instead_of_reporting_success(slurm_cluster, tmp_path, capsys):
+    # scancel exits 0 for a job id SLURM does not know; ssl-zoo must not
+    assert subprocess.run(["scancel", "999999"], capture_output=True).returncode == 0
+    assert cli_main(["cancel", "999999", "--runs", str(tmp_path)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == (f"ssl-zoo: error: no job '999999': no run directory under {tmp_path} lists "
+                                         "it (jobs.jsonl) and SLURM does not know it; give a job id or a run directory\n")
 
 
 def test_named_profiles_are_found_from_an_installed_not_editable_package(tmp_path):

@@ -30,18 +30,19 @@ NORMALIZATIONS = {
 
 @dataclass
 class ViewSpec:
-    """One view's recipe (RandomResizedCrop + flip + colour); probabilities are per image."""
+    """One view's recipe (RandomResizedCrop + flip + colour); probabilities are per image. The (low, high)
+    ranges are `ordered`: a reversed range is refused at load rather than sampled from an empty interval."""
 
     size: int = bounded(224, 1)
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    scale: tuple[float, float] = bounded((0.08, 1.0), 0.0, 1.0, ordered=True)  # crop area / image area
+    ratio: tuple[float, float] = bounded((3 / 4, 4 / 3), 1e-3, 1e3, ordered=True)  # crop aspect w / h (log-uniform)
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
     flip_p: float = bounded(0.5, 0.0, 1.0)
     jitter_p: float = bounded(0.8, 0.0, 1.0)
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
     gray_p: float = bounded(0.2, 0.0, 1.0)
     blur_p: float = bounded(0.0, 0.0, 1.0)
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_sigma: tuple[float, float] = bounded((0.1, 2.0), 0.0, ordered=True)
     blur_kernel_frac: float = bounded(0.1, 0.0, 1.0)  # kernel side as a fraction of the view side
     solarize_p: float = bounded(0.0, 0.0, 1.0)
 

@@ -16,11 +16,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ssl_zoo.data.batch import Batch, DataError
+from ssl_zoo.data.bit_depth import to_8bit
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
-READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+# a decompression bomb (more than Image.MAX_IMAGE_PIXELS pixels; PIL warns above it, refuses above twice it)
+# is an unreadable image like any other: skipped or refused per data.on_bad_image, never a crash
+READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
+               Image.DecompressionBombWarning)
 
 
 class UnreadableImage(Exception):
@@ -31,18 +35,27 @@ class UnreadableImage(Exception):
         self.path, self.cause = path, cause
 
 
-def decode_image(path: Path, load_size: int, channels: int) -> torch.Tensor:
-    """(channels, load_size, load_size) uint8: short side resized to load_size, centre square cropped."""
-    try:
+def open_8bit(path: Path, mode: str) -> Image.Image:
+    """The file as a loaded 8-bit `mode` image. Above Image.MAX_IMAGE_PIXELS PIL only warns (it refuses
+    above twice that): the warning is raised too, so a decompression bomb is never decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            w, h = img.size
-            scale = load_size / min(w, h)
-            img = img.resize((max(load_size, round(w * scale)), max(load_size, round(h * scale))), Image.BICUBIC)
-            w, h = img.size
-            left, top = (w - load_size) // 2, (h - load_size) // 2
-            img = img.crop((left, top, left + load_size, top + load_size))
-            arr = np.asarray(img, dtype=np.uint8)
+            return to_8bit(img).convert(mode)
+
+
+def decode_image(path: Path, load_size: int, channels: int) -> torch.Tensor:
+    """(channels, load_size, load_size) uint8: 16-bit and float files scaled to 8 bits (`to_8bit`), short side
+    resized to load_size, centre square cropped."""
+    try:
+        img = open_8bit(path, "L" if channels == 1 else "RGB")
+        w, h = img.size
+        scale = load_size / min(w, h)
+        img = img.resize((max(load_size, round(w * scale)), max(load_size, round(h * scale))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - load_size) // 2, (h - load_size) // 2
+        img = img.crop((left, top, left + load_size, top + load_size))
+        arr = np.asarray(img, dtype=np.uint8)
     except READ_ERRORS as e:
         raise UnreadableImage(path, e) from e
     t = torch.from_numpy(arr.copy())

@@ -85,7 +85,7 @@ class ImagePairs(torch.utils.data.Dataset):
 class SyntheticPairSpec:
     """Geometry of synthetic pairs (not from a paper: CroCo trains on real pairs)."""
 
-    side: tuple[float, float] = (0.6, 1.0)  # crop side as a fraction of the image's short side (shared by both)
+    side: tuple[float, float] = bounded((0.6, 1.0), 0.0, 1.0, ordered=True)  # crop side as a fraction of the image's short side (shared by both)
     shift: float = bounded(0.3, 0.0, 1.0)  # max offset of crop 2 from crop 1, fraction of the side (overlap)
     distortion: float = bounded(0.1, 0.0, 0.5)  # max corner displacement of crop 2, fraction of the side
 

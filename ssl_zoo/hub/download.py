@@ -9,6 +9,7 @@ download restarts.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -50,8 +51,16 @@ def read_url(url: str) -> bytes:
         return response.read()
 
 
-def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> Path:
-    """Fetch `url` into `dest`; with `sha256`, a cached `dest` that matches is reused."""
+def _mb(num_bytes: int) -> str:
+    return f"{num_bytes / 1e6:.1f}"
+
+
+def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True, size: int | None = None) -> Path:
+    """Fetch `url` into `dest`; with `sha256`, a cached `dest` that matches is reused.
+
+    A body shorter than expected (`size`, e.g. the hub index's, else Content-Length) is a dropped
+    connection, not a bad file: the `.part` is kept for the rerun to resume, and nothing is installed.
+    """
     if sha256 and dest.is_file() and sha256_file(dest) == sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -64,13 +73,22 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
     with response:
         if offset and response.status != 206:
             offset = 0  # Range ignored: the body is the whole file
-        total = int(response.headers.get("Content-Length") or 0) + offset
+        length = response.headers.get("Content-Length")
+        total = size or (int(length) + offset if length else None)
+        received, dropped = offset, False
         with open(part, "ab" if offset else "wb") as f, tqdm(
-                total=total or None, initial=offset, unit="B", unit_scale=True, desc=dest.name,
-                disable=not progress or total < PROGRESS_MIN_BYTES) as bar:
-            while block := response.read(CHUNK):
-                f.write(block)
-                bar.update(len(block))
+                total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name,
+                disable=not progress or (total or 0) < PROGRESS_MIN_BYTES) as bar:
+            try:
+                while block := response.read(CHUNK):
+                    f.write(block)
+                    received += len(block)
+                    bar.update(len(block))
+            except (OSError, http.client.HTTPException):  # reset or timed out mid-body
+                dropped = True
+    if dropped or (total is not None and received < total):
+        raise HubError(f"downloading {url}: connection lost at {_mb(received)} of {_mb(total) if total else '?'} MB: "
+                       f"rerun to resume (the partial file {part} is kept)")
     if sha256:
         actual = sha256_file(part)
         if actual != sha256:

@@ -17,6 +17,7 @@ from ssl_zoo.checkpoint import atomic_write_json
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "ssl-zoo-hub/1"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class HubError(RuntimeError):
@@ -28,6 +29,13 @@ def check_name(name: str) -> str:
         raise HubError(f"invalid hub model name {name!r}: use letters, digits, '.', '_' and '-' "
                        "(at most 128, starting with a letter or digit; no path separators, no '..')")
     return name
+
+
+def check_sha256(value: object, where: str) -> str:
+    """A sha256 as the hub writes it: 64 lowercase hex digits."""
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise HubError(f"{where} must be a sha256 (64 lowercase hex digits), got {value!r}")
+    return value
 
 
 def check_location(location: object, name: str) -> str:
@@ -58,6 +66,11 @@ def parse_index(text: str, where: str) -> dict:
         if not isinstance(entry, dict):
             raise HubError(f"{where}: entry {name!r} is not an object")
         check_location(entry.get("path"), name)
+        if entry.get("sha256") is not None:
+            check_sha256(entry["sha256"], f"{where}: entry {name!r} field 'sha256'")
+        size = entry.get("size_bytes")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise HubError(f"{where}: entry {name!r} field 'size_bytes' must be a whole number of bytes, got {size!r}")
     return index
 
 

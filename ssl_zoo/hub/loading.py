@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import timm
@@ -13,23 +12,10 @@ from torch import nn
 from ssl_zoo.backbones import BackboneSpec, rebuild_backbone
 from ssl_zoo.hub.download import sha256_file
 from ssl_zoo.hub.index import HubError
-from ssl_zoo.hub.source import CONFIG_FILE, WEIGHTS_FILE, resolve
+from ssl_zoo.hub.model_config import CONFIG_FILE, read_model_config
+from ssl_zoo.hub.source import WEIGHTS_FILE, resolve
 
 _PRETRAINED_FIELDS = {f.name for f in dataclasses.fields(PretrainedCfg)}
-
-
-def read_model_config(folder: Path) -> dict:
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise HubError(f"{folder} is not a hub model folder: no {CONFIG_FILE}")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HubError(f"{path} is not valid JSON: {e}") from e
-    missing = [k for k in ("architecture", "pretrained_cfg", "ssl_zoo") if k not in config]
-    if missing:
-        raise HubError(f"{path} lacks {', '.join(missing)}: not an ssl-zoo export")
-    return config
 
 
 def read_weights(folder: Path, expected_sha256: str | None = None) -> tuple[dict, dict]:
@@ -74,6 +60,8 @@ def build_from_folder(folder: Path, num_classes: int = 0, expected_sha256: str |
             model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}), **pretrained_cfg)
             if num_classes:
                 model.reset_classifier(num_classes)
+    except TypeError as e:  # a constructor argument the architecture does not take
+        raise HubError(f"{folder / CONFIG_FILE}: field 'model_args' does not fit {spec.architecture}: {e}") from e
     except RuntimeError as e:  # missing/unexpected keys or shape mismatches
         raise HubError(f"weights in {folder} do not fit {spec.architecture} {spec.model_args}: {e}") from e
     return model.eval()

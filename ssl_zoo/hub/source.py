@@ -15,9 +15,9 @@ from pathlib import Path
 
 from ssl_zoo.hub.download import download, read_url
 from ssl_zoo.hub.index import INDEX_FILE, HubError, check_name, model_folder, parse_index, read_local_index
+from ssl_zoo.hub.model_config import CONFIG_FILE, read_model_config
 
 WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 HUB_ENV = "SSL_ZOO_HUB"
 CACHE_ENV = "SSL_ZOO_CACHE"
@@ -75,7 +75,7 @@ class HttpHub:
 
     def fetch(self, name: str, entry: dict, cache: Path, progress: bool, weights: bool = True) -> Path:
         base = self.url + urllib.parse.quote(entry["path"].strip("/")) + "/"
-        return fetch_folder(base, self.cache_folder(name, cache), entry.get("sha256"), progress, weights)
+        return fetch_folder(base, self.cache_folder(name, cache), entry, progress, weights)
 
 
 def open_hub(hub: str | Path | None) -> LocalHub | HttpHub:
@@ -90,11 +90,21 @@ def open_hub(hub: str | Path | None) -> LocalHub | HttpHub:
     return LocalHub(Path(location).expanduser())
 
 
-def fetch_folder(base_url: str, dest: Path, sha256: str | None, progress: bool, weights: bool = True) -> Path:
-    """Download one model folder (config, weights unless not wanted, card) from `base_url` into `dest`."""
+def fetch_folder(base_url: str, dest: Path, entry: dict, progress: bool, weights: bool = True) -> Path:
+    """Download one model folder (config, weights unless not wanted, card) from `base_url` into `dest`.
+
+    The weights are installed only once their sha256 matches the index `entry`'s, else the one their
+    config.json records; a model with neither is refused, never installed unverified. The expected size
+    (same sources) tells a dropped connection from a bad file."""
     download(base_url + CONFIG_FILE, dest / CONFIG_FILE, progress=False)
     if weights:
-        download(base_url + WEIGHTS_FILE, dest / WEIGHTS_FILE, sha256=sha256, progress=progress)
+        meta = read_model_config(dest)["ssl_zoo"]
+        sha256 = entry.get("sha256") or meta.get("sha256")
+        if not sha256:
+            raise HubError(f"{base_url}{WEIGHTS_FILE} has no sha256 in the hub index or in its {CONFIG_FILE}: "
+                           "refusing to install weights that cannot be verified")
+        download(base_url + WEIGHTS_FILE, dest / WEIGHTS_FILE, sha256=sha256, progress=progress,
+                 size=entry.get("size_bytes") or meta.get("size_bytes"))
     try:
         download(base_url + CARD_FILE, dest / CARD_FILE, progress=False)
     except HubError:
@@ -130,7 +140,7 @@ def resolve(spec: str | Path, hub: str | Path | None = None, cache_dir: str | Pa
     scheme = urllib.parse.urlparse(text).scheme
     if scheme in ("http", "https"):
         folder = cache_root(cache_dir) / "urls" / _url_key(text.rstrip("/"))
-        return fetch_folder(text.rstrip("/") + "/", folder, None, progress, weights), None
+        return fetch_folder(text.rstrip("/") + "/", folder, {}, progress, weights), None
     if scheme == "file":
         return Path(urllib.request.url2pathname(urllib.parse.urlparse(text).path)), None
     if isinstance(spec, Path) or os.sep in text or (Path(text) / CONFIG_FILE).is_file():

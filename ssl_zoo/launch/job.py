@@ -33,10 +33,11 @@ def rendezvous_env(env: submitit.JobEnvironment) -> dict[str, str]:
     }
 
 
-def write_status(folder: Path, state: str, **extra) -> None:
-    """job_status.json: what `ssl-zoo jobs` shows for executors without a scheduler to ask."""
-    record = {"state": state, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              **extra}
+def write_status(folder: Path, job_id: str, state: str, **extra) -> None:
+    """job_status.json: what `ssl-zoo jobs` shows for executors without a scheduler to ask; `job_id` says
+    which of the run directory's jobs (resubmissions share the folder) it describes."""
+    record = {"state": state, "job_id": job_id,
+              "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
     atomic_write_json(record, folder / "job_status.json")
 
 
@@ -67,16 +68,16 @@ class TrainJob:
             os.environ.update(rendezvous_env(env))
         cfg = load_config(self.config)
         run_dir = Path(cfg.train.output_dir) / cfg.train.name
-        main = env.global_rank == 0
+        main, job_id = env.global_rank == 0, str(env.job_id)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         if main:
-            write_status(run_dir, "RUNNING", job_id=str(env.job_id), restarts=restarts)
+            write_status(run_dir, job_id, "RUNNING", restarts=restarts)
         try:
             trainer = Trainer(cfg, progress_bar=False)
             result = trainer.fit()
         except BaseException as e:
             if main:
-                write_status(run_dir, "FAILED", exit_code=1, error=f"{type(e).__name__}: {e}",
+                write_status(run_dir, job_id, "FAILED", exit_code=1, error=f"{type(e).__name__}: {e}",
                              traceback=traceback.format_exc()[-4000:])
             raise  # submitit records the error; the job ends FAILED and is not requeued
         summary = {"run_dir": str(result.run_dir), "status": result.status, "step": result.step,
@@ -84,17 +85,17 @@ class TrainJob:
                    "world_size": trainer.dist.world_size, "weights_sha256": weights_digest(trainer.method)}
         if result.status == "completed":
             if main:
-                write_status(run_dir, "COMPLETED", exit_code=0, **summary)
+                write_status(run_dir, job_id, "COMPLETED", exit_code=0, **summary)
             return summary
         handler = signal.getsignal(signal.SIGUSR2)  # submitit's: checkpoint() -> requeue -> exit
         if main and result.signal == signal.SIGUSR2 and callable(handler) and restarts < self.max_requeues:
-            write_status(run_dir, "REQUEUED", **summary)
+            write_status(run_dir, job_id, "REQUEUED", **summary)
             handler(signal.SIGUSR2, None)
         if main:
             reason = (f"{restarts} requeues used (max_requeues={self.max_requeues})"
                       if result.signal == signal.SIGUSR2 else f"signal {result.signal}")
             print(f"not requeued ({reason}); the checkpoint at step {result.step} is kept", flush=True)
-            write_status(run_dir, "INTERRUPTED", **summary)
+            write_status(run_dir, job_id, "INTERRUPTED", **summary)
         return summary
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:

@@ -1,8 +1,11 @@
-"""What `ssl-zoo jobs` shows: state, step, last loss and logs of submitted runs; `cancel`.
+"""What `ssl-zoo jobs` shows: every job of a run directory (resubmissions included), its state, the run's
+step, last loss and logs; `cancel`.
 
-SLURM jobs are asked through sacct (accounting: it knows finished, failed and cancelled jobs).
-Local and debug jobs have no scheduler to ask, so the job itself leaves `job_status.json` in the
-run directory (written by ssl_zoo.launch.job); nothing here unpickles submitit's result files.
+The jobs of a run directory are the lines of its `jobs.jsonl` (written by ssl_zoo.launch.submit; a
+`job.json` from versions before it counts as one job). SLURM jobs are asked through sacct (accounting:
+it knows finished, failed and cancelled jobs). Local and debug jobs have no scheduler to ask, so the
+job itself leaves `job_status.json` in the run directory (written by ssl_zoo.launch.job); nothing here
+unpickles submitit's result files.
 """
 
 from __future__ import annotations
@@ -14,16 +17,19 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ssl_zoo.config import ConfigError
-from ssl_zoo.launch.submit import JOB_RECORD
+from ssl_zoo.launch import JobError
+from ssl_zoo.launch.submit import JOBS_FILE
 
 STATUS_FILE = "job_status.json"
+LEGACY_RECORD = "job.json"  # one job, rewritten by each submission (before jobs.jsonl)
+ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
 
 
 @dataclass
 class JobView:
     job_id: str
     executor: str
+    submitted: str
     state: str
     exit_code: str
     step: int | None
@@ -36,12 +42,36 @@ class JobView:
     def failed(self) -> bool:
         return self.state.split()[0] in ("FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT", "BOOT_FAIL", "DEADLINE")
 
+    @property
+    def active(self) -> bool:
+        return self.state.split()[0] in ACTIVE
 
-def find_records(root: Path) -> list[Path]:
+
+def read_records(run_dir: Path) -> list[dict]:
+    """The run directory's submissions, oldest first; a damaged line is an error naming file and line."""
+    path = run_dir / JOBS_FILE
+    if not path.is_file():
+        legacy = run_dir / LEGACY_RECORD
+        return [json.loads(legacy.read_text())] if legacy.is_file() else []
+    records = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError as e:
+            raise JobError(f"{path}:{lineno}: not a job record ({e})") from e
+        if record is not None:
+            records.append(record)
+    return records
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """`root` if it is a submitted run directory, else every one under it."""
     root = Path(root)
-    if (root / JOB_RECORD).is_file():
-        return [root / JOB_RECORD]
-    return sorted(root.rglob(JOB_RECORD)) if root.is_dir() else []
+    if read_records(root):
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted({p.parent for name in (JOBS_FILE, LEGACY_RECORD) for p in root.rglob(name)})
 
 
 def last_metrics(run_dir: Path) -> tuple[int | None, float | None]:
@@ -77,22 +107,28 @@ def local_state(record: dict, run_dir: Path) -> tuple[str, str]:
     status_file = run_dir / STATUS_FILE
     if status_file.is_file():
         status = json.loads(status_file.read_text())
-        return status["state"], str(status.get("exit_code", ""))
+        if status.get("job_id", record["job_id"]) == record["job_id"]:  # older status files name no job
+            return status["state"], str(status.get("exit_code", ""))
     if record["executor"] == "local" and _pid_alive(record["job_id"]):
         return "RUNNING", ""
     return "UNKNOWN", ""
 
 
-def job_view(record_path: Path) -> JobView:
-    record = json.loads(record_path.read_text())
-    run_dir = record_path.parent
-    if record["executor"] == "slurm":
-        state, code = slurm_state(record["job_id"])
-    else:
-        state, code = local_state(record, run_dir)
+def job_views(run_dir: Path) -> list[JobView]:
+    """Every job of `run_dir`, oldest first; the run's step and last loss go with the newest."""
+    records = read_records(run_dir)
     step, loss = last_metrics(run_dir)
-    return JobView(record["job_id"], record["executor"], state, code, step, loss, run_dir,
-                   Path(record["stdout"]), Path(record["stderr"]))
+    views = []
+    for i, record in enumerate(records):
+        if record["executor"] == "slurm":
+            state, code = slurm_state(record["job_id"])
+        else:
+            state, code = local_state(record, run_dir)
+        newest = i == len(records) - 1
+        views.append(JobView(record["job_id"], record["executor"], record.get("submitted", "?"), state, code,
+                             step if newest else None, loss if newest else None, run_dir,
+                             Path(record["stdout"]), Path(record["stderr"])))
+    return views
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
@@ -101,20 +137,40 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def scancel(job_id: str) -> str:
+    """`scancel job_id`; SLURM's refusal (e.g. an unknown id) is a one-line JobError."""
+    try:
+        out = subprocess.run(["scancel", job_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise JobError(f"cannot cancel SLURM job {job_id}: scancel failed ({e})") from e
+    if out.returncode != 0:
+        reason = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        raise JobError(f"cannot cancel SLURM job {job_id}: {reason}")
+    return f"scancel {job_id}"
+
+
 def cancel(target: str, root: Path = Path("runs")) -> str:
-    """Cancel by SLURM/local job id or by run directory; returns what was done."""
-    views = [job_view(p) for p in find_records(Path(target))] if Path(target).exists() else \
-        [v for v in map(job_view, find_records(root)) if v.job_id == target or v.job_id.startswith(f"{target}_")]
-    if not views:
-        if target.replace("_", "").isdigit():
-            subprocess.run(["scancel", target], check=True)
-            return f"scancel {target}"
-        raise ConfigError(f"no submitted job {target!r} (a job id, or a run directory with {JOB_RECORD})")
+    """Cancel by SLURM/local job id or by run directory (its jobs still queued or running); returns what
+    was done. A job id found in no run directory is looked up in SLURM; an id nobody knows is an error."""
+    if Path(target).exists():
+        views = [v for d in find_run_dirs(Path(target)) for v in job_views(d)]
+        if not views:
+            raise JobError(f"{target} holds no submitted job (no {JOBS_FILE} in it or below it)")
+    else:
+        views = [v for d in find_run_dirs(root) for v in job_views(d)
+                 if v.job_id == target or v.job_id.startswith(f"{target}_")]
+        if not views:  # perhaps a SLURM job submitted some other way; scancel itself accepts unknown ids silently
+            state = slurm_state(target)[0] if target.replace("_", "").isdigit() else "UNKNOWN"
+            if state.startswith("UNKNOWN"):
+                raise JobError(f"no job {target!r}: no run directory under {root} lists it ({JOBS_FILE}) and SLURM "
+                               "does not know it; give a job id or a run directory")
+            return scancel(target) if state.split()[0] in ACTIVE else f"job {target} (slurm) is not running ({state})"
     done = []
     for view in views:
-        if view.executor == "slurm":
-            subprocess.run(["scancel", view.job_id], check=True)
-            done.append(f"scancel {view.job_id}")
+        if not view.active:
+            done.append(f"job {view.job_id} ({view.executor}) is not running ({view.state})")
+        elif view.executor == "slurm":
+            done.append(scancel(view.job_id))
         elif view.executor == "local" and _pid_alive(view.job_id):
             os.kill(int(view.job_id), signal.SIGTERM)  # the trainer checkpoints and stops
             done.append(f"SIGTERM to local job {view.job_id}")

@@ -1,7 +1,8 @@
 """Submit training runs through submitit: one job, or a job array over a sweep's product.
 
-Every submission leaves `job.json` in its run directory (job id, executor, log paths), which is
-what `ssl-zoo jobs` and `ssl-zoo cancel` read.
+Every submission appends one line to `jobs.jsonl` in its run directory (job id, executor, log paths,
+submit time), so a resubmission into the same run directory adds to the record instead of replacing
+it; `ssl-zoo jobs` and `ssl-zoo cancel` read it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ssl_zoo.config import ConfigError, ExperimentConfig, load_config, to_dict
 from ssl_zoo.launch.job import TrainJob
 from ssl_zoo.launch.profile import ClusterProfile
 
-JOB_RECORD = "job.json"
+JOBS_FILE = "jobs.jsonl"  # append-only: one JSON line per submission
 
 
 @dataclass
@@ -78,7 +79,8 @@ def _record(run_dir: Path, job: submitit.Job, profile: ClusterProfile, overrides
               "submitit_folder": str(job.paths.folder), "stdout": str(job.paths.stdout),
               "stderr": str(job.paths.stderr), "overrides": overrides,
               "submitted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    (run_dir / JOB_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    with open(run_dir / JOBS_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _resolved(config: str, overrides: list[str], name: str | None, profile: ClusterProfile) -> ExperimentConfig:
