@@ -7,6 +7,7 @@ config's author's machine, so `auto` is resolved here from what the device can d
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +35,17 @@ def configure_cuda(fixed_shapes: bool = True) -> None:
     torch.backends.cudnn.benchmark = fixed_shapes
 
 
+# oneDNN runs torch's CPU bf16 matmuls and convolutions; capped (ONEDNN_MAX_CPU_ISA) at one of these
+# instruction sets it has no bf16 instructions, whatever the CPU has
+_ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """AVX512-BF16 or AMX-BF16: bf16 autocast is ~1.3-1.6x faster than fp32 there. Elsewhere it is
-    emulated: ResNet-18 measured 33x slower than fp32 on an AVX2-only EPYC."""
+    """AVX512-BF16 or AMX-BF16 (and oneDNN allowed to use them): bf16 autocast is ~1.3-1.6x faster than
+    fp32 there. Elsewhere it is emulated: ResNet-18 measured 33x slower than fp32 on an AVX2-only EPYC."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    if cap.upper() in _ONEDNN_ISAS_WITHOUT_BF16:
+        return False
     try:
         flags = set(cpuinfo.read_text().split())
     except OSError:

@@ -14,6 +14,13 @@ from tests.conftest import tiny_config
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
 
+@pytest.fixture(autouse=True)
+def no_onednn_cap(monkeypatch):
+    """These tests describe CPUs through their flags; a cap in the caller's environment would override them."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+
+
 def write_cpuinfo(tmp_path, flags: str):
     path = tmp_path / "cpuinfo"
     path.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 {flags}\n\n"
@@ -26,6 +33,14 @@ def write_cpuinfo(tmp_path, flags: str):
                                            ("avx2 avx512_bf16x", False)])
 def test_native_bf16_is_read_from_cpu_flags(tmp_path, flags, native):
     assert runtime.cpu_has_native_bf16(write_cpuinfo(tmp_path, flags)) is native
+
+
+@pytest.mark.parametrize("cap, native", [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True),
+                                         ("AVX10_1_512_AMX", True)])
+def test_a_onednn_cap_without_bf16_means_no_native_bf16(tmp_path, monkeypatch, cap, native):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes a bf16 CPU behave as an AVX2-only one (how the slow kind is emulated)."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert runtime.cpu_has_native_bf16(write_cpuinfo(tmp_path, "avx2 avx512f avx512_bf16")) is native
 
 
 def test_missing_cpuinfo_means_no_native_bf16(tmp_path):
