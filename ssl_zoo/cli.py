@@ -41,6 +41,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"run: {result.run_dir}  status: {result.status}  steps: {result.step}")
         if result.knn_top1 is not None:
             print(f"k-NN top-1 (k={cfg.eval.knn_k}, T={cfg.eval.knn_temperature}) on the test set: {result.knn_top1:.2f}%")
+        if result.skipped_images:
+            print(f"skipped: {result.skipped_images} unreadable images (replaced by readable ones; see the warnings)")
         print(f"checkpoint: {result.checkpoint}")
         print(f"tensorboard logs: {result.tb_dir}  (tensorboard --logdir {result.tb_dir})")
     return 0

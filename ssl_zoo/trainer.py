@@ -47,6 +47,7 @@ class TrainResult:
     status: str  # "completed" or "interrupted"
     knn_top1: float | None = None
     signal: int | None = None  # the stop signal this rank received ("interrupted" runs)
+    skipped_images: int = 0  # unreadable images replaced by readable ones, all ranks (data.on_bad_image=skip)
 
 
 def init_from_hub(method: Method, spec: str) -> None:
@@ -128,6 +129,7 @@ class Trainer:
         self.total_steps = cfg.train.max_steps or max(1, int(round(cfg.train.epochs * self.steps_per_epoch)))
         self.steps_fixed = not cfg.train.time_budget_min
         self.elapsed_before = 0.0  # seconds of earlier attempts of this run (a resumed run's budget is what is left)
+        self.skipped_images = 0  # this rank's, since the run began (kept across resumes)
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         method = build_method(cfg)
@@ -166,6 +168,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "total_steps_fixed": self.steps_fixed,
             "elapsed_s": self.elapsed_before + time.perf_counter() - self.started,
+            "skipped_images": self._skipped_all_ranks(),
             "sampler": {"epoch": self.step // self.steps_per_epoch,
                         "batch": (self.step % self.steps_per_epoch) * self.cfg.train.accumulate},
             "rng": dist_utils.all_gather_object(rng_state(self.device)),
@@ -215,6 +218,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.skipped_images = int(state.get("skipped_images", 0)) if self.dist.is_main else 0  # the all-rank total
         if self.cfg.train.time_budget_min and state.get("total_steps_fixed"):
             self._fix_total_steps(int(state["total_steps"]))  # exact resume: the count chosen before
         rngs = state["rng"]
@@ -244,6 +248,7 @@ class Trainer:
         the device: nothing here waits for the device."""
         loss = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
+            self.skipped_images += batch.skipped
             micro_loss, views = self._forward_backward(batch, progress, last_micro=i == len(micro_batches) - 1)
             loss = loss + micro_loss / len(micro_batches)
         self.method.after_backward(progress)
@@ -284,11 +289,17 @@ class Trainer:
         if not (self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps):
             return
         mean_loss, rate = meter.read(self.step, self.global_batch)
+        skipped = self._skipped_all_ranks()
         lr, wd = self.schedule.lr(progress.step), self.schedule.weight_decay(progress.step)
         logger.log(self.step, {"epoch": round(self.step / self.steps_per_epoch, 4), "loss": mean_loss, "lr": lr,
                                "weight_decay": wd, "img_per_s": rate, "grad_norm": float(grad_norm),
+                               "skipped_images": skipped,
                                **self.method.schedule_values(progress)})
         bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+
+    def _skipped_all_ranks(self) -> int:
+        count = torch.tensor(float(self.skipped_images), dtype=torch.float64, device=self.device)
+        return round(dist_utils.all_reduce_mean(count).item() * self.dist.world_size)
 
     def _periodic(self, logger: MetricsLogger) -> None:
         """Mid-run k-NN and checkpoints (the final ones run after the loop)."""
@@ -434,6 +445,10 @@ class Trainer:
                     knn = self._eval_knn(full=True)
                     if knn is not None:
                         logger.log(self.step, {"epoch": round(self.step / self.steps_per_epoch, 4), "knn_top1": knn})
+                skipped = self._skipped_all_ranks()
+                if skipped and self.dist.is_main:
+                    tqdm.write(f"{skipped} unreadable images were replaced by the next readable one "
+                               f"(data.on_bad_image=skip); the warnings name the files")
                 if self.dist.is_main and cfg.train.time_budget_min:
                     minutes = (self.elapsed_before + time.perf_counter() - self.started) / 60
                     tqdm.write(f"{status} at step {self.step} after {minutes:.1f} of "
@@ -442,7 +457,7 @@ class Trainer:
                 bar.close()
                 logger.close()
         return TrainResult(self.run_dir, self.ckpt.last if self.dist.is_main else None, self.run_dir / "tb",
-                           self.step, status, knn, stop.received)
+                           self.step, status, knn, stop.received, skipped)
 
 
 KNN_SEARCH_MARGIN = 1.2  # feature extraction dominates a k-NN; 20% for the similarity search and top-k

@@ -17,6 +17,7 @@ class Batch:
     labels: torch.Tensor  # (B,) int64, -1 where unlabeled
     indices: torch.Tensor  # (B,) int64 dataset indices
     pair_images: torch.Tensor | None = None  # (B, C, H, W) uint8: the second image of each pair (data.kind=pairs)
+    skipped: int = 0  # items replaced by the next readable one (data.on_bad_image=skip): counted in the run's metrics
 
     def pin_memory(self) -> "Batch":
         return self._map(lambda t: t.pin_memory())
@@ -26,7 +27,7 @@ class Batch:
 
     def _map(self, fn) -> "Batch":
         pair = None if self.pair_images is None else fn(self.pair_images)
-        return Batch(fn(self.images), fn(self.labels), fn(self.indices), pair)
+        return Batch(fn(self.images), fn(self.labels), fn(self.indices), pair, self.skipped)
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -86,6 +86,11 @@ def first_readable(index: int, count: int, read: Callable[[int], T], on_bad_imag
     raise DataError(f"no readable image under {where}")
 
 
+def replaced(requested: list[int], loaded: list[tuple[object, int]]) -> int:
+    """How many items of a batch first_readable had to replace."""
+    return sum(want != got for want, (_, got) in zip(requested, loaded))
+
+
 def _scan(root: Path, extensions: set[str] = IMAGE_EXTENSIONS) -> tuple[list[Path], list[int], list[str]]:
     if not root.exists():
         raise DataError(f"data.path does not exist: {root}")
@@ -137,7 +142,8 @@ class ImageFolder(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> Batch:
         loaded = [self.load(i) for i in indices]
         idx = torch.tensor([i for _, i in loaded], dtype=torch.long)
-        return Batch(torch.stack([img for img, _ in loaded]), self.labels[idx], idx)
+        return Batch(torch.stack([img for img, _ in loaded]), self.labels[idx], idx,
+                     skipped=replaced(indices, loaded))
 
     def __getitem__(self, index: int) -> Batch:
         return self.__getitems__([index])

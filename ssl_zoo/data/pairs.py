@@ -23,7 +23,7 @@ from kornia.geometry.transform import get_perspective_transform, warp_perspectiv
 
 from ssl_zoo.config import bounded
 from ssl_zoo.data.batch import Batch, DataError
-from ssl_zoo.data.image_folder import decode_image, first_readable
+from ssl_zoo.data.image_folder import decode_image, first_readable, replaced
 
 
 def read_pairs_file(pairs_file: str, root: str = "") -> list[tuple[Path, Path]]:
@@ -75,7 +75,7 @@ class ImagePairs(torch.utils.data.Dataset):
         idx = torch.tensor([i for _, i in loaded], dtype=torch.long)
         first = torch.stack([pair[0] for pair, _ in loaded])
         second = torch.stack([pair[1] for pair, _ in loaded])
-        return Batch(first, self.labels[idx], idx, second)
+        return Batch(first, self.labels[idx], idx, second, skipped=replaced(indices, loaded))
 
     def __getitem__(self, index: int) -> Batch:
         return self.__getitems__([index])
