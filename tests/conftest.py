@@ -52,8 +52,8 @@ TINY = {
                           "views": [dict(TINY_VIEW, size=40, blur_p=1.0), dict(TINY_VIEW, size=40, solarize_p=0.2)]},
                "model": {"backbone": "resnet10t", "stem": "no_maxpool"},
                "optim": {"warmup_epochs": 0.0, "base_lr": 1.0, "weight_decay": 1e-5}},
-    # CroCo trains on pairs: tests/test_croco.py replaces the data section with data.kind=synthetic_pairs
-    # SatMAE++: 48 px crop (x4 target) -> 12 px input, p = 4; tests/test_satmae_pp.py adds multispectral data
+    # CroCo trains on pairs and SatMAE++ on multispectral bands: see TINY_DATA
+    # SatMAE++: 48 px crop (x4 target) -> 12 px input, p = 4
     "satmae_pp": {"method": {"name": "satmae_pp", "groups": [[0, 1], [2]], "group_embed_dim": 64, "decoder_dim": 64,
                              "decoder_depth": 1, "decoder_heads": 4, "decoder_group_embed_dim": 16,
                              "view": {"size": 48, "scale": [0.6, 1.0], "interpolation": "bilinear", "jitter_p": 0.0,
@@ -74,11 +74,20 @@ TINY = {
 }
 
 
+# The synthetic data each method trains on at its tiny size, where plain RGB images do not fit it; so
+# that tests over the whole registry need no per-method branches.
+TINY_DATA = {
+    "croco": {"kind": "synthetic_pairs", "pairs_source": "synthetic", "load_size": 32},
+    "satmae_pp": {"kind": "synthetic_multispectral", "channels": 3, "load_size": 48},  # TINY's 2 band groups
+}
+
+
 def tiny_config(method: str, tmp_path: Path, data: str = "synthetic", **sections) -> dict:
-    """A dict config for `load_config`: tiny model and data, output under tmp_path."""
+    """A dict config for `load_config`: tiny model and data (the method's TINY_DATA when synthetic),
+    output under tmp_path."""
     cfg = copy.deepcopy(TINY[method])
-    cfg["data"] = ({"kind": "synthetic", "synthetic_size": 256, "load_size": 28} if data == "synthetic"
-                   else {"kind": "fashion_mnist", "limit": 2048})
+    cfg["data"] = ({"synthetic_size": 256, **TINY_DATA.get(method, {"kind": "synthetic", "load_size": 28})}
+                   if data == "synthetic" else {"kind": "fashion_mnist", "limit": 2048})
     cfg["train"] = {"output_dir": str(tmp_path / "runs"), "name": f"{method}_test", "batch_size": 32,
                     "max_steps": 6, "log_every": 1, "ckpt_every": 1000, "seed": 0}
     cfg["eval"] = {"final_knn": False}
