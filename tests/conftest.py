@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -135,6 +136,53 @@ def fit_losses(raw: dict, steps: int) -> list[float]:
     losses = logged_losses(result.run_dir)
     assert len(losses) == steps and all(math.isfinite(v) for v in losses)
     return losses
+
+
+def final_weights(run_dir: Path) -> dict:
+    """The model state in a run's last checkpoint."""
+    from ssl_zoo.checkpoint import load_checkpoint
+
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def stop_and_resume(base: dict, stop_after: int, sig: int = signal.SIGUSR1, name: str = "stopped"):
+    """Run `base` as train.name=`name`, stopped by `sig` raised in this process after step `stop_after` + 1
+    (from after_step: the trainer's real handler sees it mid-run), then restarted to the end: the TrainResult
+    of the restart. Under DDP every rank raises it, as SLURM signals every task."""
+    from ssl_zoo.config import load_config
+    from ssl_zoo.trainer import Trainer
+
+    trainer = Trainer(load_config(base, [f"train.name={name}"]), progress_bar=False)
+    original = trainer.method.after_step
+
+    def after_step(progress):
+        original(progress)
+        if progress.step == stop_after:
+            os.kill(os.getpid(), sig)
+
+    trainer.method.after_step = after_step
+    first = trainer.fit()
+    assert (first.status, first.step, first.signal) == ("interrupted", stop_after + 1, sig)
+    second = Trainer(load_config(base, [f"train.name={name}"]), progress_bar=False).fit()
+    assert second.status == "completed"
+    return second
+
+
+def assert_stop_and_resume_matches_straight_run(base: dict, stop_after: int, sig: int = signal.SIGUSR1) -> None:
+    """A signal after step `stop_after` + 1, a restart, and the same final weights as a straight run."""
+    from ssl_zoo.config import load_config
+    from ssl_zoo.trainer import Trainer
+
+    straight = Trainer(load_config(base, ["train.name=straight"]), progress_bar=False).fit()
+    resumed = stop_and_resume(base, stop_after, sig)
+    assert resumed.step == straight.step
+    assert_same_weights(final_weights(straight.run_dir), final_weights(resumed.run_dir))
 
 
 @pytest.fixture
