@@ -19,7 +19,7 @@ from ssl_zoo.backbones import build_backbone, is_vit
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
 from ssl_zoo.masking import masked_and_filled, masked_patch_mse, pixel_targets, random_patch_mask
-from ssl_zoo.methods.base import Method, image_grid
+from ssl_zoo.methods.base import Method, image_grid, preview
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Progress
 
@@ -111,7 +111,7 @@ class MAE(Method):
     def backbone(self) -> nn.Module:
         return self.encoder.vit
 
-    @torch.no_grad()
+    @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:
         images = views.crops[0][:8]
         keep, masked = views.extra["idx_keep"][:8], views.extra["idx_mask"][:8]
