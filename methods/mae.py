@@ -65,6 +65,10 @@ class MAE(Method):
         super().__init__(cfg)
         # MAE init (xavier on Linear, N(0, .02) tokens) and a fixed 2-D sin-cos position embedding
         self.encoder = MaskedVisionTransformerTIMM(vit=vit, pos_embed_initialization="sincos")
+        # The wrapper always makes a mask token; MAE's encoder drops masked patches and never uses it. A
+        # trainable parameter without a gradient stops DDP (find_unused_parameters=False) at step 2. Frozen,
+        # not deleted: the key stays in the state dict, so checkpoints written before still load.
+        self.encoder.mask_token.requires_grad_(False)
         self.patch_size = vit.patch_embed.patch_size[0]
         self.num_patches = vit.patch_embed.num_patches
         self.decoder_embed = nn.Linear(vit.embed_dim, cfg.decoder_dim)
