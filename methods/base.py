@@ -6,7 +6,10 @@ The trainer owns the loop (devices, DDP, optimiser, schedules, checkpoints); a m
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import timm.optim
@@ -18,6 +21,33 @@ from ssl_zoo.augment import MultiViewAugment, Normalize, Views, center_crop_or_r
 from ssl_zoo.config import ExperimentConfig, OptimConfig
 from ssl_zoo.data import Batch
 from ssl_zoo.schedules import Progress
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` and all its children in eval mode inside; each one's own flag restored after (not the
+    root's flag copied down: a submodule may be in another mode than its parent)."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def preview(log_images: Callable) -> Callable:
+    """Decorates every `log_images`. The trainer calls it on rank 0 only, between steps, so its forward
+    passes must leave training as it was and stay local: no grad, and eval mode: no BatchNorm statistics
+    updated, no SyncBatchNorm collective that the other ranks never join (a hang on CUDA), no dropout or
+    drop-path draws from the RNG."""
+
+    @functools.wraps(log_images)
+    def wrapped(self: nn.Module, views: Views) -> dict[str, torch.Tensor]:
+        with torch.no_grad(), eval_mode(self):
+            return log_images(self, views)
+
+    return wrapped
 
 
 class Method(nn.Module):
@@ -99,9 +129,10 @@ class Method(nn.Module):
             x = center_crop_or_resize(x, self.eval_size)
         return self.backbone()(self.normalize(x))
 
-    @torch.no_grad()
+    @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:
-        """Image grids for tensorboard; by default the first images of every view, de-normalised."""
+        """Image grids for tensorboard; by default the first images of every view, de-normalised.
+        Overrides keep the @preview decorator (tests/test_method_matrix.py checks every method)."""
         grids = {}
         for i, crop in enumerate(views.crops[:4]):
             grids[f"views/{i}"] = image_grid(self.normalize.inverse(crop[:8]))

@@ -21,7 +21,7 @@ from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
 from ssl_zoo.data.pairs import SyntheticPairSpec, synthetic_pair_views
 from ssl_zoo.masking import masked_and_filled, masked_patch_mse, pixel_targets, random_patch_split
-from ssl_zoo.methods.base import Method, image_grid
+from ssl_zoo.methods.base import Method, image_grid, preview
 from ssl_zoo.methods.mae import MAE
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Progress
@@ -151,7 +151,7 @@ class CroCo(Method):
     def backbone(self) -> nn.Module:
         return self.encoder.vit
 
-    @torch.no_grad()
+    @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:
         first, second = (v[:8] for v in views.crops)
         keep, masked = views.extra["idx_keep"][:8], views.extra["idx_mask"][:8]

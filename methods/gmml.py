@@ -20,7 +20,7 @@ from ssl_zoo.backbones import build_backbone, is_vit
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.corruption import GroupCorruption, group_corrupt
 from ssl_zoo.data import Batch
-from ssl_zoo.methods.base import Method, image_grid
+from ssl_zoo.methods.base import Method, image_grid, preview
 from ssl_zoo.methods.dino import DINO
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Progress
@@ -155,7 +155,7 @@ class GMML(Method):
     def backbone(self) -> nn.Module:
         return self.vit
 
-    @torch.no_grad()
+    @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:
         corrupted = views.extra["corrupted"][0][:8]
         recon = self.reconstruct(corrupted).float()

@@ -19,7 +19,7 @@ from ssl_zoo.backbones import build_backbone, is_vit
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
 from ssl_zoo.masking import masked_and_filled, masked_patch_mse, pixel_targets, random_patch_mask
-from ssl_zoo.methods.base import Method, image_grid
+from ssl_zoo.methods.base import Method, image_grid, preview
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Progress
 
@@ -65,6 +65,10 @@ class MAE(Method):
         super().__init__(cfg)
         # MAE init (xavier on Linear, N(0, .02) tokens) and a fixed 2-D sin-cos position embedding
         self.encoder = MaskedVisionTransformerTIMM(vit=vit, pos_embed_initialization="sincos")
+        # The wrapper always makes a mask token; MAE's encoder drops masked patches and never uses it. A
+        # trainable parameter without a gradient stops DDP (find_unused_parameters=False) at step 2. Frozen,
+        # not deleted: the key stays in the state dict, so checkpoints written before still load.
+        self.encoder.mask_token.requires_grad_(False)
         self.patch_size = vit.patch_embed.patch_size[0]
         self.num_patches = vit.patch_embed.num_patches
         self.decoder_embed = nn.Linear(vit.embed_dim, cfg.decoder_dim)
@@ -111,7 +115,7 @@ class MAE(Method):
     def backbone(self) -> nn.Module:
         return self.encoder.vit
 
-    @torch.no_grad()
+    @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:
         images = views.crops[0][:8]
         keep, masked = views.extra["idx_keep"][:8], views.extra["idx_mask"][:8]

@@ -22,7 +22,7 @@ from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
 from ssl_zoo.backbones import build_backbone, is_vit
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.geometry import bin_centres, positive_bins
-from ssl_zoo.methods.base import Method, frozen_copy, image_grid
+from ssl_zoo.methods.base import Method, eval_mode, frozen_copy, image_grid, preview
 from ssl_zoo.methods.dino import dino_global_views
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Cosine, Progress
@@ -163,14 +163,10 @@ class PixPro(Method):
     @torch.no_grad()
     def feature_grid(self, crop: torch.Tensor) -> tuple[int, int]:
         """The C5 grid of a crop, from one image in eval mode (BN running statistics untouched)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return tuple(self.online.backbone.forward_features(crop[:1]).shape[-2:])
-        finally:
-            self.train(was_training)
 
-    @torch.no_grad()
+    @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:
         """Row 1: view 1, every bin that has a positive coloured by its centre in the original image
         (red = x, green = y); row 2: view 2, each bin in the mean colour of its view-1 partners.

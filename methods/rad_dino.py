@@ -26,7 +26,7 @@ from ssl_zoo.backbones import build_backbone, is_vit
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
 from ssl_zoo.masking import block_masks
-from ssl_zoo.methods.base import disable_drop_path, frozen_copy, image_grid
+from ssl_zoo.methods.base import disable_drop_path, frozen_copy, image_grid, preview
 from ssl_zoo.methods.dino import SelfDistillation, frozen_head_copy
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Cosine, Progress, Warmup
@@ -270,7 +270,7 @@ class RADDINO(SelfDistillation):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return super().embed(self.intensity(images))
 
-    @torch.no_grad()
+    @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:
         """The views, and the first global crops with the student's masked patches darkened."""
         grids = super().log_images(views)

@@ -27,7 +27,7 @@ from ssl_zoo.backbones.satmae import SENTINEL_GROUPS, GroupChannelDecoder, Group
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
 from ssl_zoo.masking import masked_and_filled, random_patch_mask
-from ssl_zoo.methods.base import Method, image_grid
+from ssl_zoo.methods.base import Method, image_grid, preview
 from ssl_zoo.methods.mae import MAE
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Progress
@@ -245,7 +245,7 @@ class SatMAEPP(Method):
     def rgb(self, images: torch.Tensor) -> torch.Tensor:
         return self.normalize.inverse(images)[:, self.preview]
 
-    @torch.no_grad()
+    @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:
         """Input | masked | reconstruction at the model input, and target | prediction at every upscale."""
         images = views.crops[0][:8]

@@ -28,7 +28,7 @@ from ssl_zoo.backbones.selfie import build_patch_network, per_patch
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
 from ssl_zoo.masking import random_patch_split
-from ssl_zoo.methods.base import Method, image_grid
+from ssl_zoo.methods.base import Method, image_grid, preview
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Progress
 
@@ -175,18 +175,13 @@ class Selfie(Method):
         """P: a timm ResNet's first three stages + global pool; fine-tuning reuses it as those stages."""
         return self.patch_net
 
-    @torch.no_grad()
+    @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:
         """Rows: the crop; its masked patches blanked; each masked location filled with the patch the
         model picks for it (equal to the crop where every choice is right)."""
         images = views.crops[0][:8]
         keep, masked = views.extra["idx_keep"][:8], views.extra["idx_mask"][:8]
-        was_training = self.training
-        self.eval()  # leave BN running statistics untouched by this extra forward pass
-        try:
-            choice = self.logits(images, keep, masked).argmax(-1)
-        finally:
-            self.train(was_training)
+        choice = self.logits(images, keep, masked).argmax(-1)  # eval mode (@preview): BN statistics untouched
         size = self.cfg.patch_size
         patches = lu.patchify(self.normalize.inverse(images), size)
         blanked = lu.set_at_index(patches, masked, torch.zeros_like(lu.get_at_index(patches, masked)))

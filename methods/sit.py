@@ -31,7 +31,7 @@ from ssl_zoo.backbones import build_backbone, is_vit
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.corruption import GroupCorruption, V1Distortion, v1_distort
 from ssl_zoo.data import Batch
-from ssl_zoo.methods.base import Method, disable_drop_path, frozen_copy
+from ssl_zoo.methods.base import Method, disable_drop_path, frozen_copy, preview
 from ssl_zoo.methods.dino import DINO, dino_global_views
 from ssl_zoo.methods.gmml import ReconstructionHead, corrupt_views, masked_l1, reconstruction_grid
 from ssl_zoo.registry import register
@@ -254,7 +254,7 @@ class SiT(Method):
     def backbone(self) -> nn.Module:
         return self.teacher.vit if self.cfg.variant == "latest" else self.net.vit
 
-    @torch.no_grad()
+    @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:
         corrupted = views.extra["corrupted"][0][:8]
         recon = self.student(corrupted)[1] if self.cfg.variant == "latest" else self.net(corrupted)[2]

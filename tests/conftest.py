@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -52,8 +53,8 @@ TINY = {
                           "views": [dict(TINY_VIEW, size=40, blur_p=1.0), dict(TINY_VIEW, size=40, solarize_p=0.2)]},
                "model": {"backbone": "resnet10t", "stem": "no_maxpool"},
                "optim": {"warmup_epochs": 0.0, "base_lr": 1.0, "weight_decay": 1e-5}},
-    # CroCo trains on pairs: tests/test_croco.py replaces the data section with data.kind=synthetic_pairs
-    # SatMAE++: 48 px crop (x4 target) -> 12 px input, p = 4; tests/test_satmae_pp.py adds multispectral data
+    # CroCo trains on pairs and SatMAE++ on multispectral bands: see TINY_DATA
+    # SatMAE++: 48 px crop (x4 target) -> 12 px input, p = 4
     "satmae_pp": {"method": {"name": "satmae_pp", "groups": [[0, 1], [2]], "group_embed_dim": 64, "decoder_dim": 64,
                              "decoder_depth": 1, "decoder_heads": 4, "decoder_group_embed_dim": 16,
                              "view": {"size": 48, "scale": [0.6, 1.0], "interpolation": "bilinear", "jitter_p": 0.0,
@@ -74,11 +75,20 @@ TINY = {
 }
 
 
+# The synthetic data each method trains on at its tiny size, where plain RGB images do not fit it; so
+# that tests over the whole registry need no per-method branches.
+TINY_DATA = {
+    "croco": {"kind": "synthetic_pairs", "pairs_source": "synthetic", "load_size": 32},
+    "satmae_pp": {"kind": "synthetic_multispectral", "channels": 3, "load_size": 48},  # TINY's 2 band groups
+}
+
+
 def tiny_config(method: str, tmp_path: Path, data: str = "synthetic", **sections) -> dict:
-    """A dict config for `load_config`: tiny model and data, output under tmp_path."""
+    """A dict config for `load_config`: tiny model and data (the method's TINY_DATA when synthetic),
+    output under tmp_path."""
     cfg = copy.deepcopy(TINY[method])
-    cfg["data"] = ({"kind": "synthetic", "synthetic_size": 256, "load_size": 28} if data == "synthetic"
-                   else {"kind": "fashion_mnist", "limit": 2048})
+    cfg["data"] = ({"synthetic_size": 256, **TINY_DATA.get(method, {"kind": "synthetic", "load_size": 28})}
+                   if data == "synthetic" else {"kind": "fashion_mnist", "limit": 2048})
     cfg["train"] = {"output_dir": str(tmp_path / "runs"), "name": f"{method}_test", "batch_size": 32,
                     "max_steps": 6, "log_every": 1, "ckpt_every": 1000, "seed": 0,
                     "precision": "fp32"}  # the same numbers on every CPU (auto picks bf16 where it is native)
@@ -127,6 +137,54 @@ def fit_losses(raw: dict, steps: int) -> list[float]:
     losses = logged_losses(result.run_dir)
     assert len(losses) == steps and all(math.isfinite(v) for v in losses)
     return losses
+
+
+def final_weights(run_dir: Path) -> dict:
+    """The model state in a run's last checkpoint."""
+    from ssl_zoo.checkpoint import load_checkpoint
+
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def stop_and_resume(base: dict, stop_after: int, sig: int = signal.SIGUSR1, name: str = "stopped"):
+    """Run `base` as train.name=`name`, stopped by `sig` raised in this process from after_step of step
+    `stop_after` + 1 (the trainer's real handler sees it mid-run), then restarted to the end: the TrainResult
+    of the restart. Under DDP every rank raises it, as SLURM signals every task. The trainer reads the stop
+    flag once per step, before applying it (with the NaN check), so it stops after step `stop_after` + 2."""
+    from ssl_zoo.config import load_config
+    from ssl_zoo.trainer import Trainer
+
+    trainer = Trainer(load_config(base, [f"train.name={name}"]), progress_bar=False)
+    original = trainer.method.after_step
+
+    def after_step(progress):
+        original(progress)
+        if progress.step == stop_after:
+            os.kill(os.getpid(), sig)
+
+    trainer.method.after_step = after_step
+    first = trainer.fit()
+    assert (first.status, first.step, first.signal) == ("interrupted", stop_after + 2, sig)
+    second = Trainer(load_config(base, [f"train.name={name}"]), progress_bar=False).fit()
+    assert second.status == "completed"
+    return second
+
+
+def assert_stop_and_resume_matches_straight_run(base: dict, stop_after: int, sig: int = signal.SIGUSR1) -> None:
+    """A signal during step `stop_after` + 1, a restart, and the same final weights as a straight run."""
+    from ssl_zoo.config import load_config
+    from ssl_zoo.trainer import Trainer
+
+    straight = Trainer(load_config(base, ["train.name=straight"]), progress_bar=False).fit()
+    resumed = stop_and_resume(base, stop_after, sig)
+    assert resumed.step == straight.step
+    assert_same_weights(final_weights(straight.run_dir), final_weights(resumed.run_dir))
 
 
 @pytest.fixture

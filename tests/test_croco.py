@@ -17,8 +17,6 @@ from ssl_zoo.methods.base import build_method
 from ssl_zoo.schedules import Progress
 from tests.conftest import fit_losses, tiny_config
 
-SYNTHETIC_PAIRS = {"kind": "synthetic_pairs", "pairs_source": "synthetic", "synthetic_size": 256, "load_size": 32}
-
 
 def images(n: int, size: int = 32, seed: int = 0, pair: bool = False) -> Batch:
     g = torch.Generator().manual_seed(seed)
@@ -27,8 +25,9 @@ def images(n: int, size: int = 32, seed: int = 0, pair: bool = False) -> Batch:
 
 
 def croco_raw(tmp_path, data=None, **method) -> dict:
-    raw = tiny_config("croco", tmp_path)
-    raw["data"] = dict(data or SYNTHETIC_PAIRS)
+    raw = tiny_config("croco", tmp_path)  # synthetic pairs
+    if data:
+        raw["data"] = dict(data)
     raw["method"].update(method)
     if method.get("pos_embed") == "rope":  # timm's smallest RoPE ViT, 7 px patches at 28 px
         raw["model"]["backbone"] = "vit_small_patch16_rope_224"

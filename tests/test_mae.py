@@ -6,7 +6,7 @@ import timm
 import torch
 from lightly.models.utils import patchify
 
-from ssl_zoo.config import load_config
+from ssl_zoo.config import OptimConfig, load_config
 from ssl_zoo.masking import mask_from_indices
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.schedules import Progress
@@ -173,6 +173,16 @@ def test_position_embeddings_are_fixed_2d_sincos_with_a_zero_cls_row(vit_b_mae, 
     params = {id(p) for g in tiny.param_groups(load_config(tiny_config("mae", tmp_path)).optim) for p in g["params"]}
     assert not fixed & params
     assert np.allclose(tiny.encoder.vit.pos_embed[0].numpy(), official_sincos_2d(192, 7), atol=1e-5)
+
+
+def test_unused_mask_token_is_frozen_and_kept_in_the_state_dict(tmp_path):
+    """MAE drops masked patches, so the wrapper's mask token never gets a gradient; trainable, it stops
+    DDP (tests/test_method_matrix.py). Frozen and out of the optimiser, it keeps its state-dict key:
+    checkpoints written while it was trainable still load strictly."""
+    method = tiny_mae(tmp_path)
+    token = method.encoder.mask_token
+    assert not token.requires_grad and "encoder.mask_token" in method.state_dict()
+    assert all(p is not token for group in method.param_groups(OptimConfig()) for p in group["params"])
 
 
 def test_embed_accepts_load_size_images_larger_or_smaller_than_the_view(tmp_path):

@@ -15,7 +15,8 @@ import yaml
 from ssl_zoo.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from ssl_zoo.config import load_config
 from ssl_zoo.trainer import NonFiniteLossError, Trainer
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import (ROOT, assert_same_weights, assert_stop_and_resume_matches_straight_run,
+                            final_weights, tiny_config)
 
 
 def write_config(tmp_path: Path, cfg: dict, name: str) -> Path:
@@ -28,16 +29,6 @@ def start_train(config: Path, *overrides: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "ssl_zoo", "train", str(config), "--no-progress", *overrides],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def final_weights(run_dir: Path) -> dict:
-    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def resume_config(tmp_path):
@@ -85,28 +76,6 @@ def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
     assert "status: interrupted" in out
     state = load_checkpoint(tmp_path / "runs" / "term" / "checkpoints" / "last.pt")
     assert 2 <= state["step"] < 10000
-
-
-def assert_stop_and_resume_matches_straight_run(base: dict, stop_after: int) -> None:
-    """SIGUSR1 during step `stop_after` + 1, a restart, and the same final weights as a straight run.
-
-    The trainer reads the stop flag once per step, before applying it (with the NaN check): a signal
-    raised after step k's check is acted on after step k + 1."""
-    straight = Trainer(load_config(base, ["train.name=straight"]), progress_bar=False).fit()
-    trainer = Trainer(load_config(base, ["train.name=stopped"]), progress_bar=False)
-    original = trainer.method.after_step
-
-    def after_step(progress):
-        original(progress)
-        if progress.step == stop_after:
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-    trainer.method.after_step = after_step
-    first = trainer.fit()
-    assert first.status == "interrupted" and first.step == stop_after + 2
-    second = Trainer(load_config(base, ["train.name=stopped"]), progress_bar=False).fit()
-    assert second.status == "completed" and second.step == straight.step
-    assert_same_weights(final_weights(straight.run_dir), final_weights(second.run_dir))
 
 
 def test_usr1_interrupt_and_resume_in_process_dino_matches(tmp_path):
