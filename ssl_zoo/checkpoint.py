@@ -2,7 +2,8 @@
 
 A checkpoint is written to a temporary file in the same folder and renamed into place, so a
 kill during the write never leaves a half-written `last.pt`. Files are read with
-`torch.load(weights_only=True)`: nothing is unpickled.
+`torch.load(weights_only=True)`: nothing is unpickled. Damaged checkpoints are never deleted or
+overwritten without the user's say.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import os
 import re
 import shutil
+import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -42,15 +45,26 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def atomic_write_json(obj: Any, path: Path, sort_keys: bool = False) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode()))
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n", path)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _reason(e: Exception) -> str:
+    """One line of why torch.load failed (its weights-only refusal puts the reason on a later line)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [""]
+    why = next((line for line in lines if line.startswith("WeightsUnpickler error")), lines[0])
+    return f"{type(e).__name__}: {why}"
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load one checkpoint safely; raise CheckpointError naming the file if it is unreadable."""
+    """Load one checkpoint safely; raise CheckpointError naming the file (one line) if it is unreadable."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, random bytes: all unusable
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"cannot read checkpoint {path}: {_reason(e)}") from e
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError(f"{path} is not an ssl-zoo training checkpoint (no 'model'/'step' entries)")
     return state
@@ -86,12 +100,45 @@ class CheckpointManager:
             old.unlink(missing_ok=True)
         return self.last
 
+    def candidates(self) -> list[Path]:
+        """Every checkpoint of the run, newest first."""
+        return ([self.last] if self.last.exists() else []) + step_checkpoints(self.folder)
+
     def load_latest(self) -> tuple[dict, Path] | None:
-        """The newest checkpoint that loads; damaged ones are reported and skipped."""
-        candidates = ([self.last] if self.last.exists() else []) + step_checkpoints(self.folder)
-        for path in candidates:
+        """The newest checkpoint that loads (damaged newer ones are reported); None when there are none.
+
+        Raises CheckpointError when checkpoints exist but none loads: starting over would overwrite them.
+        """
+        failures = []
+        for path in self.candidates():
             try:
-                return load_checkpoint(path), path
+                state = load_checkpoint(path)
             except CheckpointError as e:
-                warnings.warn(f"{e}; trying an older checkpoint")
+                failures.append(str(e))
+                continue
+            for failure in failures:
+                warnings.warn(f"{failure}; using the older {path.name}")
+            return state, path
+        if failures:
+            raise CheckpointError("\n  ".join(
+                [f"all {len(failures)} checkpoints in {self.folder} are unreadable, so the run cannot resume; "
+                 f"repair or move them, or set train.resume=false to move them aside and start from step 0:",
+                 *failures]))
         return None
+
+    def set_aside_unreadable(self) -> str | None:
+        """Move the checkpoints that do not load into `unreadable-<time>/` (never deleted: a fresh run
+        would overwrite or prune them). Returns one line for the user, or None when all load."""
+        bad = []
+        for path in self.candidates():
+            try:
+                load_checkpoint(path)
+            except CheckpointError:
+                bad.append(path)
+        if not bad:
+            return None
+        aside = Path(tempfile.mkdtemp(prefix=time.strftime("unreadable-%Y%m%d-%H%M%S-"), dir=self.folder))
+        for path in bad:
+            os.replace(path, aside / path.name)
+        return (f"train.resume=false: moved {len(bad)} unreadable checkpoint{'s' * (len(bad) != 1)} "
+                f"({', '.join(p.name for p in bad)}) to {aside}; they are kept, not deleted")

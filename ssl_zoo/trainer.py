@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ssl_zoo import distributed as dist_utils
-from ssl_zoo.checkpoint import CheckpointError, CheckpointManager
+from ssl_zoo.checkpoint import CheckpointError, CheckpointManager, atomic_write_text
 from ssl_zoo.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from ssl_zoo.data import ResumableSampler, build_dataset, build_loader
 from ssl_zoo.eval.knn import knn_eval
@@ -205,7 +205,7 @@ class Trainer:
         return path
 
     def resume(self) -> Path | None:
-        found = self.ckpt.load_latest()
+        found = self.ckpt.load_latest()  # raises when there are checkpoints but none is readable
         if found is None:
             return None
         state, path = found
@@ -223,6 +223,11 @@ class Trainer:
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank], self.device)
         return path
+
+    def _note(self, line: str | None) -> None:
+        """A line for the user, from rank 0 only."""
+        if line and self.dist.is_main:
+            tqdm.write(line)
 
     # ------------------------------------------------------------------ the loop
     def _forward_backward(self, batch, progress: Progress, last_micro: bool) -> tuple[torch.Tensor, dict]:
@@ -262,10 +267,11 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        if self.dist.is_main and not cfg.train.resume:
+            self._note(self.ckpt.set_aside_unreadable())
         resumed = self.resume() if cfg.train.resume else None
+        if self.dist.is_main:  # only once a resume is accepted
+            atomic_write_text(dump_yaml(cfg), self.run_dir / "config.yaml")
         logger = MetricsLogger(self.run_dir, self.dist.is_main, resume_step=self.step)
         if resumed and self.dist.is_main:
             tqdm.write(f"resumed from {resumed} at step {self.step}")

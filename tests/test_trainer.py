@@ -209,3 +209,41 @@ def test_gradient_accumulation_steps_once_per_accumulated_batch(tmp_path):
 def test_bad_accumulation_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="must be divisible by train.accumulate=3"):
         Trainer(load_config(tiny_config("mae", tmp_path, train={"batch_size": 32, "accumulate": 3})))
+
+
+# ------------------------------------------------------------------ nothing lost (issue 17)
+
+
+def unreadable_checkpoints(folder: Path) -> dict[str, bytes]:
+    """A cut-short last.pt, random bytes and a foreign torch file: the three ways a checkpoint is unusable."""
+    folder.mkdir(parents=True)
+    torch.save({"weights": torch.zeros(2)}, folder / "step_2.pt")
+    (folder / "step_4.pt").write_bytes(b"garbage")
+    (folder / "last.pt").write_bytes((folder / "step_2.pt").read_bytes()[:200])
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_all_checkpoints_unreadable_stops_and_names_each_file(tmp_path, one_thread):
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 2})
+    run_dir = tmp_path / "runs" / "simclrv2_test"
+    before = unreadable_checkpoints(run_dir / "checkpoints")
+    with pytest.raises(CheckpointError) as e:
+        Trainer(load_config(cfg), progress_bar=False).fit()
+    summary, *files = str(e.value).splitlines()
+    assert "all 3 checkpoints" in summary and "train.resume=false" in summary
+    assert len(files) == 3
+    assert "last.pt: RuntimeError" in files[0] and "step_4.pt: UnpicklingError" in files[1]
+    assert "step_2.pt is not an ssl-zoo training checkpoint" in files[2]
+    assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == before  # nothing overwritten
+    assert not (run_dir / "config.yaml").exists()
+
+
+def test_resume_false_moves_unreadable_checkpoints_aside_and_says_so(tmp_path, one_thread, capsys):
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 2, "resume": False})
+    folder = tmp_path / "runs" / "simclrv2_test" / "checkpoints"
+    before = unreadable_checkpoints(folder)
+    result = Trainer(load_config(cfg), progress_bar=False).fit()
+    assert result.step == 2 and load_checkpoint(folder / "last.pt")["step"] == 2
+    [aside] = folder.glob("unreadable-*")
+    assert {p.name: p.read_bytes() for p in aside.iterdir()} == before
+    assert f"moved 3 unreadable checkpoints (last.pt, step_4.pt, step_2.pt) to {aside}" in capsys.readouterr().out
