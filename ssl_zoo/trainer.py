@@ -26,6 +26,7 @@ from ssl_zoo.eval.knn import knn_eval
 from ssl_zoo.methods.base import Method, build_method
 from ssl_zoo.metrics import MetricsLogger
 from ssl_zoo.optim import Schedule, build_optimizer, clip_gradients, scaled_lr
+from ssl_zoo.run_lock import hold_run_dir
 from ssl_zoo.schedules import Progress
 
 
@@ -266,6 +267,11 @@ class Trainer:
             self.method.train()
 
     def fit(self) -> TrainResult:
+        """Train to the end (or a stop signal) as the run directory's only writer (ssl_zoo.run_lock)."""
+        with hold_run_dir(self.run_dir, self.dist.is_main, self.device):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         cfg = self.cfg
         if self.dist.is_main and not cfg.train.resume:
             self._note(self.ckpt.set_aside_unreadable())
