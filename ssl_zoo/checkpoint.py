@@ -1,9 +1,9 @@
 """Atomic checkpoints and a loader that falls back past a damaged file.
 
 A checkpoint is written to a temporary file in the same folder and renamed into place, so a
-kill during the write never leaves a half-written `last.pt`. Files are read with
-`torch.load(weights_only=True)`: nothing is unpickled. Damaged checkpoints are never deleted or
-overwritten without the user's say.
+kill during the write never leaves a half-written `last.pt`; the temporaries a kill leaves behind
+are removed at the next start. Files are read with `torch.load(weights_only=True)`: nothing is
+unpickled. Damaged checkpoints are never deleted or overwritten without the user's say.
 """
 
 from __future__ import annotations
@@ -25,10 +25,18 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint, or one from another method/config."""
 
 
+_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)$")
+
+
+def _temporary_path(path: Path) -> Path:
+    """The hidden temporary `path` is written through: `.<name>.tmp<pid>` (the pid tells whose it is)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
 def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     """Write through a temporary file in the same folder and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _temporary_path(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -50,6 +58,42 @@ def atomic_write_json(obj: Any, path: Path, sort_keys: bool = False) -> None:
 
 def atomic_write_text(text: str, path: Path) -> None:
     _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(*folders: Path) -> str | None:
+    """Delete the `.<name>.tmp<pid>` files that killed writers left in `folders` (not recursive).
+
+    Called by the run directory's lock holder before it writes anything, so no trainer is writing
+    them; a temporary of a live process on this machine (a launcher's status file) is left alone.
+    Returns one line for the user, or None when there was nothing to remove.
+    """
+    count, size = 0, 0
+    for folder in folders:
+        for path in sorted(Path(folder).glob(".*.tmp*")):
+            match = _TEMPORARY.match(path.name)
+            if not match or not path.is_file():
+                continue
+            pid = int(match.group(1))
+            if pid != os.getpid() and _pid_alive(pid):
+                continue
+            size += path.stat().st_size
+            path.unlink(missing_ok=True)
+            count += 1
+    if not count:
+        return None
+    where = ", ".join(str(f) for f in folders)
+    return f"removed {count} stale temporary file{'s' * (count != 1)} of interrupted saves in {where} " \
+           f"({size / 1e6:.1f} MB freed)"
 
 
 def _reason(e: Exception) -> str:
@@ -92,10 +136,12 @@ class CheckpointManager:
 
     def save(self, state: dict, step: int) -> Path:
         atomic_save(state, self.last)
-        step_path = self.folder / f"step_{step}.pt"
-        tmp = step_path.with_name(f".{step_path.name}.tmp{os.getpid()}")
-        shutil.copyfile(self.last, tmp)
-        os.replace(tmp, step_path)
+
+        def copy_last(f) -> None:
+            with self.last.open("rb") as src:
+                shutil.copyfileobj(src, f)
+
+        _atomic_write(self.folder / f"step_{step}.pt", copy_last)
         for old in step_checkpoints(self.folder)[self.keep_last:]:
             old.unlink(missing_ok=True)
         return self.last

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ssl_zoo import distributed as dist_utils
-from ssl_zoo.checkpoint import CheckpointError, CheckpointManager, atomic_write_text
+from ssl_zoo.checkpoint import CheckpointError, CheckpointManager, atomic_write_text, remove_stale_temporaries
 from ssl_zoo.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from ssl_zoo.data import ResumableSampler, build_dataset, build_loader
 from ssl_zoo.eval.knn import knn_eval
@@ -226,7 +226,7 @@ class Trainer:
         return path
 
     def _note(self, line: str | None) -> None:
-        """A line for the user, from rank 0 only."""
+        """A line for the user (resume, clean-up), from rank 0 only."""
         if line and self.dist.is_main:
             tqdm.write(line)
 
@@ -273,8 +273,10 @@ class Trainer:
 
     def _fit(self) -> TrainResult:
         cfg = self.cfg
-        if self.dist.is_main and not cfg.train.resume:
-            self._note(self.ckpt.set_aside_unreadable())
+        if self.dist.is_main:  # under the lock: no trainer is writing these temporaries
+            self._note(remove_stale_temporaries(self.run_dir, self.ckpt.folder))
+            if not cfg.train.resume:
+                self._note(self.ckpt.set_aside_unreadable())
         resumed = self.resume() if cfg.train.resume else None
         if self.dist.is_main:  # only once a resume is accepted
             atomic_write_text(dump_yaml(cfg), self.run_dir / "config.yaml")

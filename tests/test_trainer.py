@@ -247,3 +247,37 @@ def test_resume_false_moves_unreadable_checkpoints_aside_and_says_so(tmp_path, o
     [aside] = folder.glob("unreadable-*")
     assert {p.name: p.read_bytes() for p in aside.iterdir()} == before
     assert f"moved 3 unreadable checkpoints (last.pt, step_4.pt, step_2.pt) to {aside}" in capsys.readouterr().out
+
+
+STUCK_WRITER = """
+import sys, time
+from pathlib import Path
+from ssl_zoo.checkpoint import _atomic_write
+
+def write(f):
+    f.write(bytes(3_000_000))
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+
+_atomic_write(Path(sys.argv[1]), write)
+"""
+
+
+def test_stale_temporaries_of_killed_writers_are_removed_at_start(tmp_path, one_thread, capsys):
+    """A writer SIGKILLed inside a checkpoint save leaves `.last.pt.tmp<pid>`; the next start removes it."""
+    run_dir = tmp_path / "runs" / "simclrv2_test"
+    writer = subprocess.Popen([sys.executable, "-c", STUCK_WRITER, str(run_dir / "checkpoints" / "last.pt")],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "writing\n"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    killed = run_dir / "checkpoints" / f".last.pt.tmp{writer.pid}"
+    assert killed.stat().st_size == 3_000_000
+    (run_dir / f".metrics.jsonl.tmp{writer.pid}").write_bytes(bytes(1_000_000))
+    live = run_dir / f".job_status.json.tmp{os.getppid()}"  # a live process's write in progress
+    live.write_bytes(b"{}")
+    Trainer(load_config(tiny_config("simclrv2", tmp_path, train={"max_steps": 1})), progress_bar=False).fit()
+    assert not killed.exists() and not (run_dir / f".metrics.jsonl.tmp{writer.pid}").exists() and live.exists()
+    out = capsys.readouterr().out
+    assert "removed 2 stale temporary files of interrupted saves" in out and "(4.0 MB freed)" in out
