@@ -26,6 +26,7 @@ from ssl_zoo.eval.knn import knn_eval
 from ssl_zoo.methods.base import Method, build_method
 from ssl_zoo.metrics import MetricsLogger
 from ssl_zoo.optim import Schedule, build_optimizer, clip_gradients, scaled_lr
+from ssl_zoo.resume_check import check_resume_config, state_dict_mismatch
 from ssl_zoo.run_lock import hold_run_dir
 from ssl_zoo.schedules import Progress
 
@@ -213,11 +214,17 @@ class Trainer:
         if state.get("method") != self.cfg.method.name:
             raise CheckpointError(f"{path} was written by method {state.get('method')!r}, "
                                   f"not {self.cfg.method.name!r}; use another train.name or train.resume=false")
+        self._note(check_resume_config(state.get("config"), to_dict(self.cfg), self.cfg.train.resume_changes, path))
         try:
             self.method.load_state_dict(state["model"])
         except RuntimeError as e:
-            raise CheckpointError(f"{path} does not fit this model (different backbone or sizes?): {e}") from e
-        self.optimizer.load_state_dict(state["optimizer"])
+            raise CheckpointError(f"{path} does not fit this model (different backbone or sizes?): "
+                                  f"{state_dict_mismatch(self.method.state_dict(), state['model'])}") from e
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: its optimizer state does not fit this run's parameter groups ({e}); "
+                                  f"use another train.name") from e
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         rngs = state["rng"]

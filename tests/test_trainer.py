@@ -1,5 +1,6 @@
 """Trainer behaviour: exact resume, atomic checkpoints, NaN guard, signals, logs."""
 
+import copy
 import json
 import os
 import signal
@@ -281,3 +282,39 @@ def test_stale_temporaries_of_killed_writers_are_removed_at_start(tmp_path, one_
     assert not killed.exists() and not (run_dir / f".metrics.jsonl.tmp{writer.pid}").exists() and live.exists()
     out = capsys.readouterr().out
     assert "removed 2 stale temporary files of interrupted saves" in out and "(4.0 MB freed)" in out
+
+
+def fit_with(cfg: dict, *overrides: str):
+    """Train a copy of `cfg` with overrides (load_config writes overrides into the dict it is given)."""
+    return Trainer(load_config(copy.deepcopy(cfg), list(overrides)), progress_bar=False).fit()
+
+
+def test_resume_with_a_changed_config(tmp_path, one_thread, capsys):
+    """Refused (config.yaml untouched) when the change alters the run; harmless or allowed ones resume."""
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 2})
+    run_dir = fit_with(cfg).run_dir
+    written = (run_dir / "config.yaml").read_text()
+    with pytest.raises(CheckpointError) as e:
+        fit_with(cfg, "train.batch_size=16", "train.log_every=2")
+    assert "\n" not in str(e.value) and "train.batch_size: 32 -> 16" in str(e.value)
+    assert "train.resume_changes=allow" in str(e.value) and "log_every" not in str(e.value)
+    assert (run_dir / "config.yaml").read_text() == written
+    capsys.readouterr()
+
+    assert fit_with(cfg, "train.log_every=2").step == 2
+    assert "do not change the run: train.log_every: 1 -> 2" in capsys.readouterr().out
+    assert fit_with(cfg, "train.max_steps=3", "train.resume_changes=allow").step == 3
+    assert "changes to the run: train.max_steps: 2 -> 3" in capsys.readouterr().out
+    assert load_config(yaml.safe_load((run_dir / "config.yaml").read_text())).train.max_steps == 3
+
+
+def test_allowed_changes_that_do_not_fit_the_checkpoint_fail_in_one_line(tmp_path, one_thread):
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 1})
+    fit_with(cfg)
+    with pytest.raises(CheckpointError, match=r"does not fit this model .*: \d+ of another shape \(") as e:
+        fit_with(cfg, "method.head_hidden_dim=48", "train.resume_changes=allow")
+    assert "\n" not in str(e.value) and "[64, 512] in the checkpoint, [48, 512] here" in str(e.value)
+    with pytest.raises(CheckpointError, match="optimizer state does not fit") as e:  # no decay: 1 group, not 2
+        fit_with(cfg, "optim.weight_decay=0", "train.resume_changes=allow")
+    assert "\n" not in str(e.value)
+
