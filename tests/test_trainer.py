@@ -318,3 +318,16 @@ def test_allowed_changes_that_do_not_fit_the_checkpoint_fail_in_one_line(tmp_pat
         fit_with(cfg, "optim.weight_decay=0", "train.resume_changes=allow")
     assert "\n" not in str(e.value)
 
+
+def test_resume_past_a_cut_short_metrics_line_without_duplicated_steps(tmp_path, one_thread):
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 4, "ckpt_every": 2, "keep_last": 5})
+    run_dir = Trainer(load_config(cfg), progress_bar=False).fit().run_dir
+    for name in ("last.pt", "step_4.pt"):  # as if killed after logging step 3, mid-way through a line
+        (run_dir / "checkpoints" / name).unlink()
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "lo')
+    with pytest.warns(UserWarning, match="dropped its unparsable last line"):
+        result = Trainer(load_config(cfg), progress_bar=False).fit()
+    assert result.step == 4
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
