@@ -127,6 +127,7 @@ class TrainConfig:
     ckpt_every: int = bounded(200, 1)
     keep_last: int = bounded(2, 1)
     resume: bool = True
+    resume_changes: Literal["refuse", "allow"] = "refuse"  # resume with a config that changes the run?
 
 
 @dataclass

@@ -1,11 +1,49 @@
-"""Run metrics on rank 0: one JSON object per logged step, and tensorboard scalars/images."""
+"""Run metrics on rank 0: one JSON object per logged step, and tensorboard scalars/images.
+
+metrics.jsonl stays readable by any JSON parser whatever happens to the run: each record is one
+complete line written by one `write` call (a kill cuts at most the last line, which the next start
+drops), non-finite values are written as null, and a resumed run first drops the steps it will redo.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import warnings
 from pathlib import Path
 
 import torch
+
+from ssl_zoo.checkpoint import atomic_write_text
+
+
+def json_line(record: dict) -> str:
+    """`record` as one line of strict JSON (NaN/inf become null: bare NaN is not JSON)."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
+
+
+def kept_lines(text: str, resume_step: int, name: str) -> list[str]:
+    """The lines of a metrics log a run resumed at `resume_step` keeps: records up to that step.
+
+    An unparsable last line (a write cut short by a kill) is dropped with a warning; other
+    unparsable lines are not ours to judge and stay.
+    """
+    lines = [line for line in text.splitlines() if line.strip()]
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                warnings.warn(f"{name}: dropped its unparsable last line (a write cut short): {line[:80]!r}")
+            else:
+                kept.append(line)
+            continue
+        if not isinstance(record, dict) or record.get("step", 0) <= resume_step:
+            kept.append(line)
+    return kept
 
 
 class MetricsLogger:
@@ -16,10 +54,11 @@ class MetricsLogger:
         self.writer = None
         if not enabled:
             return
-        if resume_step and self.jsonl.exists():  # drop steps the resumed run will redo
-            kept = [line for line in self.jsonl.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.jsonl.write_text("".join(line + "\n" for line in kept))
+        if self.jsonl.exists():  # drop the steps this run will redo (all of them when it starts over)
+            text = self.jsonl.read_text(errors="replace")
+            kept = "".join(line + "\n" for line in kept_lines(text, resume_step, str(self.jsonl)))
+            if kept != text:
+                atomic_write_text(kept, self.jsonl)
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(self.tb_dir), purge_step=resume_step or None)
@@ -27,8 +66,13 @@ class MetricsLogger:
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        with self.jsonl.open("a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
+        line = json_line({"step": step, **values}).encode()
+        fd = os.open(self.jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if os.write(fd, line) != len(line):  # one call: a kill never leaves a record half appended
+                raise OSError(f"short write to {self.jsonl} (disk full?)")
+        finally:
+            os.close(fd)
         for key, value in values.items():
             if isinstance(value, (int, float)) and key not in ("step", "epoch"):
                 self.writer.add_scalar(key, value, step)

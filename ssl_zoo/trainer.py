@@ -22,13 +22,15 @@ from tqdm import tqdm
 from ssl_zoo import distributed as dist_utils
 from ssl_zoo.augment import Views
 from ssl_zoo.budget import MEASURE_STEPS, SKIP_STEPS, EvalCost, StepTimer, steps_within_budget
-from ssl_zoo.checkpoint import CheckpointError, CheckpointManager, atomic_write_text
+from ssl_zoo.checkpoint import CheckpointError, CheckpointManager, atomic_write_text, remove_stale_temporaries
 from ssl_zoo.config import ConfigError, ExperimentConfig, to_dict
 from ssl_zoo.data import ResumableSampler, build_dataset, build_loader
 from ssl_zoo.eval.knn import extract_features, knn_eval
 from ssl_zoo.methods.base import Method, build_method
 from ssl_zoo.metrics import MetricsLogger
 from ssl_zoo.optim import Schedule, build_optimizer, clip_gradients, scaled_lr
+from ssl_zoo.resume_check import check_resume_config, state_dict_mismatch
+from ssl_zoo.run_lock import hold_run_dir
 from ssl_zoo.runtime import (AUTOCAST_DTYPES, configure_cuda, pick_device, resolve_precision, rng_state, rng_untouched,
                              set_rng_state)
 from ssl_zoo.schedules import Progress
@@ -203,18 +205,24 @@ class Trainer:
                 f"optim.clip_grad and rerun to continue from it.")
 
     def resume(self) -> Path | None:
-        found = self.ckpt.load_latest()
+        found = self.ckpt.load_latest()  # raises when there are checkpoints but none is readable
         if found is None:
             return None
         state, path = found
         if state.get("method") != self.cfg.method.name:
             raise CheckpointError(f"{path} was written by method {state.get('method')!r}, "
                                   f"not {self.cfg.method.name!r}; use another train.name or train.resume=false")
+        self._note(check_resume_config(state.get("config"), to_dict(self.cfg), self.cfg.train.resume_changes, path))
         try:
             self.method.load_state_dict(state["model"])
         except RuntimeError as e:
-            raise CheckpointError(f"{path} does not fit this model (different backbone or sizes?): {e}") from e
-        self.optimizer.load_state_dict(state["optimizer"])
+            raise CheckpointError(f"{path} does not fit this model (different backbone or sizes?): "
+                                  f"{state_dict_mismatch(self.method.state_dict(), state['model'])}") from e
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: its optimizer state does not fit this run's parameter groups ({e}); "
+                                  f"use another train.name") from e
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
@@ -225,6 +233,11 @@ class Trainer:
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank], self.device)
         return path
+
+    def _note(self, line: str | None) -> None:
+        """A line for the user (resume, clean-up), from rank 0 only."""
+        if line and self.dist.is_main:
+            tqdm.write(line)
 
     # ------------------------------------------------------------------ one optimizer step
     def _forward_backward(self, batch, progress: Progress, last_micro: bool) -> tuple[torch.Tensor, Views]:
@@ -423,11 +436,18 @@ class Trainer:
         return "completed"
 
     def fit(self) -> TrainResult:
+        """Train to the end (or a stop signal) as the run directory's only writer (ssl_zoo.run_lock)."""
+        with hold_run_dir(self.run_dir, self.dist.is_main, self.device):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         cfg = self.cfg
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:  # under the lock: no trainer is writing these temporaries
+            self._note(remove_stale_temporaries(self.run_dir, self.ckpt.folder))
+            if not cfg.train.resume:
+                self._note(self.ckpt.set_aside_unreadable())
         resumed = self.resume() if cfg.train.resume else None
-        if self.dist.is_main:
+        if self.dist.is_main:  # only once a resume is accepted
             self._write_config()
         logger = MetricsLogger(self.run_dir, self.dist.is_main, resume_step=self.step)
         self._announce(resumed)

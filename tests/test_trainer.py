@@ -1,5 +1,6 @@
 """Trainer behaviour: exact resume, atomic checkpoints, NaN guard, signals, logs."""
 
+import copy
 import json
 import os
 import signal
@@ -221,3 +222,124 @@ def test_a_diverging_run_never_writes_a_non_finite_checkpoint(tmp_path):
         trainer.fit()
     assert trainer.step < 10
     assert_every_checkpoint_finite(trainer.run_dir / "checkpoints")
+
+
+# ------------------------------------------------------------------ nothing lost (issue 17)
+
+
+def unreadable_checkpoints(folder: Path) -> dict[str, bytes]:
+    """A cut-short last.pt, random bytes and a foreign torch file: the three ways a checkpoint is unusable."""
+    folder.mkdir(parents=True)
+    torch.save({"weights": torch.zeros(2)}, folder / "step_2.pt")
+    (folder / "step_4.pt").write_bytes(b"garbage")
+    (folder / "last.pt").write_bytes((folder / "step_2.pt").read_bytes()[:200])
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_all_checkpoints_unreadable_stops_and_names_each_file(tmp_path, one_thread):
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 2})
+    run_dir = tmp_path / "runs" / "simclrv2_test"
+    before = unreadable_checkpoints(run_dir / "checkpoints")
+    with pytest.raises(CheckpointError) as e:
+        Trainer(load_config(cfg), progress_bar=False).fit()
+    summary, *files = str(e.value).splitlines()
+    assert "all 3 checkpoints" in summary and "train.resume=false" in summary
+    assert len(files) == 3
+    assert "last.pt: RuntimeError" in files[0] and "step_4.pt: UnpicklingError" in files[1]
+    assert "step_2.pt is not an ssl-zoo training checkpoint" in files[2]
+    assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == before  # nothing overwritten
+    assert not (run_dir / "config.yaml").exists()
+
+
+def test_resume_false_moves_unreadable_checkpoints_aside_and_says_so(tmp_path, one_thread, capsys):
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 2, "resume": False})
+    folder = tmp_path / "runs" / "simclrv2_test" / "checkpoints"
+    before = unreadable_checkpoints(folder)
+    result = Trainer(load_config(cfg), progress_bar=False).fit()
+    assert result.step == 2 and load_checkpoint(folder / "last.pt")["step"] == 2
+    [aside] = folder.glob("unreadable-*")
+    assert {p.name: p.read_bytes() for p in aside.iterdir()} == before
+    assert f"moved 3 unreadable checkpoints (last.pt, step_4.pt, step_2.pt) to {aside}" in capsys.readouterr().out
+
+
+STUCK_WRITER = """
+import sys, time
+from pathlib import Path
+from ssl_zoo.checkpoint import _atomic_write
+
+def write(f):
+    f.write(bytes(3_000_000))
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+
+_atomic_write(Path(sys.argv[1]), write)
+"""
+
+
+def test_stale_temporaries_of_killed_writers_are_removed_at_start(tmp_path, one_thread, capsys):
+    """A writer SIGKILLed inside a checkpoint save leaves `.last.pt.tmp<pid>`; the next start removes it."""
+    run_dir = tmp_path / "runs" / "simclrv2_test"
+    writer = subprocess.Popen([sys.executable, "-c", STUCK_WRITER, str(run_dir / "checkpoints" / "last.pt")],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "writing\n"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    killed = run_dir / "checkpoints" / f".last.pt.tmp{writer.pid}"
+    assert killed.stat().st_size == 3_000_000
+    (run_dir / f".metrics.jsonl.tmp{writer.pid}").write_bytes(bytes(1_000_000))
+    live = run_dir / f".job_status.json.tmp{os.getppid()}"  # a live process's write in progress
+    live.write_bytes(b"{}")
+    Trainer(load_config(tiny_config("simclrv2", tmp_path, train={"max_steps": 1})), progress_bar=False).fit()
+    assert not killed.exists() and not (run_dir / f".metrics.jsonl.tmp{writer.pid}").exists() and live.exists()
+    out = capsys.readouterr().out
+    assert "removed 2 stale temporary files of interrupted saves" in out and "(4.0 MB freed)" in out
+
+
+def fit_with(cfg: dict, *overrides: str):
+    """Train a copy of `cfg` with overrides (load_config writes overrides into the dict it is given)."""
+    return Trainer(load_config(copy.deepcopy(cfg), list(overrides)), progress_bar=False).fit()
+
+
+def test_resume_with_a_changed_config(tmp_path, one_thread, capsys):
+    """Refused (config.yaml untouched) when the change alters the run; harmless or allowed ones resume."""
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 2})
+    run_dir = fit_with(cfg).run_dir
+    written = (run_dir / "config.yaml").read_text()
+    with pytest.raises(CheckpointError) as e:
+        fit_with(cfg, "train.batch_size=16", "train.log_every=2")
+    assert "\n" not in str(e.value) and "train.batch_size: 32 -> 16" in str(e.value)
+    assert "train.resume_changes=allow" in str(e.value) and "log_every" not in str(e.value)
+    assert (run_dir / "config.yaml").read_text() == written
+    capsys.readouterr()
+
+    assert fit_with(cfg, "train.log_every=2").step == 2
+    assert "do not change the run: train.log_every: 1 -> 2" in capsys.readouterr().out
+    assert fit_with(cfg, "train.max_steps=3", "train.resume_changes=allow").step == 3
+    assert "changes to the run: train.max_steps: 2 -> 3" in capsys.readouterr().out
+    assert load_config(yaml.safe_load((run_dir / "config.yaml").read_text())).train.max_steps == 3
+
+
+def test_allowed_changes_that_do_not_fit_the_checkpoint_fail_in_one_line(tmp_path, one_thread):
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 1})
+    fit_with(cfg)
+    with pytest.raises(CheckpointError, match=r"does not fit this model .*: \d+ of another shape \(") as e:
+        fit_with(cfg, "method.head_hidden_dim=48", "train.resume_changes=allow")
+    assert "\n" not in str(e.value) and "[64, 512] in the checkpoint, [48, 512] here" in str(e.value)
+    with pytest.raises(CheckpointError, match="optimizer state does not fit") as e:  # no decay: 1 group, not 2
+        fit_with(cfg, "optim.weight_decay=0", "train.resume_changes=allow")
+    assert "\n" not in str(e.value)
+
+
+def test_resume_past_a_cut_short_metrics_line_without_duplicated_steps(tmp_path, one_thread):
+    cfg = tiny_config("simclrv2", tmp_path, train={"max_steps": 4, "ckpt_every": 2, "keep_last": 5})
+    run_dir = Trainer(load_config(cfg), progress_bar=False).fit().run_dir
+    for name in ("last.pt", "step_4.pt"):  # as if killed after logging step 3, mid-way through a line
+        (run_dir / "checkpoints" / name).unlink()
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "lo')
+    with pytest.warns(UserWarning, match="dropped its unparsable last line"):
+        result = Trainer(load_config(cfg), progress_bar=False).fit()
+    assert result.step == 4
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
