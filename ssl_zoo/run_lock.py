@@ -68,7 +68,7 @@ def hold_run_dir(run_dir: Path, is_main: bool, device: torch.device) -> Iterator
             lock.acquire()
         except RunDirBusyError as e:
             busy = e
-    if dist_utils.any_flag(busy is not None, device):
+    if dist_utils.any_flags([busy is not None], device)[0]:
         raise busy or RunDirBusyError(f"{run_dir} is in use by another training run (see rank 0)")
     try:
         yield

@@ -20,7 +20,7 @@ def configs(tmp_path, *overrides: str) -> tuple[dict, dict]:
 def test_run_changing_and_harmless_keys_are_told_apart(tmp_path):
     old, new = configs(tmp_path, "train.batch_size=64", "optim.base_lr=0.1", "method.temperature=0.5",
                        "data.synthetic_size=128", "train.max_steps=9", "train.seed=3",
-                       "train.log_every=5", "train.threads=2", "train.precision=fp32", "data.num_workers=2",
+                       "train.log_every=5", "train.threads=2", "train.precision=bf16", "data.num_workers=2",
                        "eval.knn_k=5", "train.resume=false", "train.resume_changes=allow")
     run, harmless = config_changes(old, new)
     assert [str(c) for c in run] == ["data.synthetic_size: 256 -> 128", "method.temperature: 0.2 -> 0.5",
