@@ -46,6 +46,20 @@ def kept_lines(text: str, resume_step: int, name: str) -> list[str]:
     return kept
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics log for readers (`ssl-zoo jobs`, hub export): a line being written or cut
+    short by a kill is passed over, not an error."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 class MetricsLogger:
     def __init__(self, run_dir: Path, enabled: bool, resume_step: int = 0) -> None:
         self.enabled = enabled

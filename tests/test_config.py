@@ -189,7 +189,7 @@ def test_adam_betas_must_lie_in_0_1_half_open():
     ({"method": 3}, r"^method: expected a mapping with at least 'name' \(method.name is required; one of croco, "
                     r"dino.*\) and that method's keys, got 3$"),
     ({"method": {"name": "simclrv2"}, "train": 5},
-     r"^train: expected a mapping \(key: value lines\), got 5; valid keys: name, output_dir, epochs, .*resume$"),
+     r"^train: expected a mapping \(key: value lines\), got 5; valid keys: name, output_dir, epochs, .*resume_changes$"),
     ({"method": {"name": "simclrv2"}, "optim": [1, 2]},
      r"^optim: expected a mapping .*got \[1, 2\]; valid keys: name, base_lr"),
     ({"method": {"name": "simclrv2"}, "data": "fashion_mnist"}, r"^data: expected a mapping .*valid keys: kind, path"),

@@ -65,11 +65,35 @@ def test_corrupt_image_skipped_with_warning_and_counted(tmp_path):
         batch = ds.__getitems__([0, 1, 2])
     assert batch.images.shape == (3, 3, 16, 16)
     assert batch.indices.tolist() == [0, 2, 2]  # the bad one was replaced by the next readable image
-    assert len(ds.bad_images) == 1
+    assert len(ds.bad_images) == 1 and batch.skipped == 1
     strict = build_dataset(DataConfig(kind="image_folder", path=str(tmp_path), load_size=16,
                                       on_bad_image="error"), "train")
     with pytest.raises(DataError, match=r"unreadable image .*1.png.*on_bad_image=skip"):
         strict.__getitems__([1])
+
+
+def test_skipped_images_are_counted_in_metrics_and_the_run_summary(tmp_path, capsys, one_thread):
+    import json
+
+    import yaml
+
+    from ssl_zoo.cli import main as cli_main
+
+    folder = tmp_path / "images"
+    make_folder(folder)
+    bad = [p for p in sorted(folder.rglob("*.png"))][::2]
+    for path in bad:
+        path.write_bytes(b"not a png at all")
+    raw = tiny_config("simclrv2", tmp_path, train={"max_steps": 3, "batch_size": 4})
+    raw["data"] = {"kind": "image_folder", "path": str(folder), "load_size": 28}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        assert cli_main(["train", str(config), "--no-progress"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "runs" / "simclrv2_test" / "metrics.jsonl").open()]
+    counts = [r["skipped_images"] for r in records if "skipped_images" in r]
+    assert counts == sorted(counts) and counts[-1] > 0  # cumulative, every log step
+    assert f"skipped: {counts[-1]} unreadable images" in capsys.readouterr().out
 
 
 def test_missing_path_and_empty_folder_fail_before_training(tmp_path):

@@ -72,3 +72,14 @@ def test_a_run_that_starts_over_drops_the_steps_it_redoes(tmp_path):
     logger.log(1, {"loss": 0.3})
     logger.close()
     assert [r["step"] for r in strict_records(log)] == [1]
+
+
+def test_readers_pass_over_a_line_being_written(tmp_path):
+    """`ssl-zoo jobs` and hub export read metrics.jsonl while a run may be appending to it."""
+    from ssl_zoo.launch.status import last_metrics
+    from ssl_zoo.metrics import read_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "knn_top1": 50.0}\n{"step": 3, "lo')
+    assert read_metrics(log) == [{"step": 1, "loss": 2.0}, {"step": 2, "knn_top1": 50.0}]
+    assert last_metrics(tmp_path) == (2, 2.0)

@@ -148,7 +148,7 @@ def test_jobs_lists_every_submission_of_a_run_dir(tmp_path, capsys):
     path = config_file(tmp_path, "again", max_steps=2)
     first, = submit(str(path), load_profile("debug"), [])
     first.job.results()  # the debug executor runs the job when asked for its result
-    second, = submit(str(path), load_profile("debug"), ["train.max_steps=3"])  # resumes the same run
+    second, = submit(str(path), load_profile("debug"), ["train.max_steps=3", "train.resume_changes=allow"])  # extends it
     second.job.results()
     capsys.readouterr()  # the trainer's own output
     assert first.run_dir == second.run_dir and first.job_id != second.job_id

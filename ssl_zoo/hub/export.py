@@ -19,6 +19,7 @@ from ssl_zoo.hub.card import model_card
 from ssl_zoo.hub.download import sha256_file
 from ssl_zoo.hub.index import HubError, check_name, read_local_index, write_local_index
 from ssl_zoo.hub.source import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
+from ssl_zoo.metrics import read_metrics
 
 
 def run_metrics(checkpoint: Path, run_step: int) -> dict:
@@ -29,8 +30,7 @@ def run_metrics(checkpoint: Path, run_step: int) -> dict:
     metrics: dict = {}
     log = run_dir / "metrics.jsonl"
     if log.is_file():
-        found = [r for r in map(json.loads, filter(str.strip, log.read_text().splitlines()))
-                 if "knn_top1" in r and r.get("step", 0) <= run_step]
+        found = [r for r in read_metrics(log) if "knn_top1" in r and r.get("step", 0) <= run_step]
         if found:
             metrics.update(knn_top1=found[-1]["knn_top1"], knn_step=found[-1]["step"])
     for path in sorted((run_dir / "eval").glob("*.json")):

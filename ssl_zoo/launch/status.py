@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ssl_zoo.launch import JobError
 from ssl_zoo.launch.submit import JOBS_FILE
+from ssl_zoo.metrics import read_metrics
 
 STATUS_FILE = "job_status.json"
 LEGACY_RECORD = "job.json"  # one job, rewritten by each submission (before jobs.jsonl)
@@ -78,7 +79,7 @@ def last_metrics(run_dir: Path) -> tuple[int | None, float | None]:
     log = run_dir / "metrics.jsonl"
     if not log.is_file():
         return None, None
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows = read_metrics(log)
     losses = [r for r in rows if "loss" in r]
     return (rows[-1]["step"] if rows else None), (losses[-1]["loss"] if losses else None)
 
