@@ -35,7 +35,7 @@ train: $(STAMP) data
 	$(VENV)/bin/ssl-zoo train $(CONFIG) $(ARGS)
 
 test: $(STAMP) data slurm
-	$(VENV)/bin/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 benchmark: $(STAMP) data
 	$(VENV)/bin/python benchmarks/throughput.py

@@ -14,7 +14,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# `make test` runs two pytest workers (xdist): one thread each keeps the 2 cores busy without
+# oversubscribing them; a single pytest process uses up to 2
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
 
 TINY_VIEW = {"size": 28, "scale": [0.3, 1.0], "interpolation": "bilinear", "jitter": [0.4, 0.4, 0.0, 0.0],
              "gray_p": 0.0, "blur_p": 0.0}

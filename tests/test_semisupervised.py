@@ -173,14 +173,14 @@ def test_bad_finetune_and_distill_input_is_a_clear_cli_error(tiny_run, tmp_path,
 
 @pytest.fixture(scope="module")
 def pretrained_fashion_mnist(tmp_path_factory):
-    """The default job's recipe, 60 steps (about 7700 images): enough to beat a random network."""
+    """The default job's recipe, 40 steps (5120 images): enough to beat a random network."""
     from tests.conftest import FASHION_MNIST, ROOT
 
     if not FASHION_MNIST.is_dir():
         pytest.fail("Fashion-MNIST is missing: install Debian's dataset-fashion-mnist (make test does)")
     tmp = tmp_path_factory.mktemp("pretrained")
     cfg = load_config(ROOT / "configs/simclrv2/resnet18_fashion_mnist.yaml",
-                      ["train.max_steps=60", "train.time_budget_min=0", f"train.output_dir={tmp}", "train.name=pre",
+                      ["train.max_steps=40", "train.time_budget_min=0", f"train.output_dir={tmp}", "train.name=pre",
                        "eval.final_knn=false"])
     return Trainer(cfg, progress_bar=False).fit().run_dir
 
@@ -191,18 +191,18 @@ def test_pretraining_beats_random_init_in_linear_probe_finetuning_and_distillati
     run = str(pretrained_fashion_mnist)
     top1 = {}
     for scratch in (False, True):
-        probe, _ = evaluate_linear(run, from_scratch=scratch, train_limit=3000, test_limit=1000,
+        probe, _ = evaluate_linear(run, from_scratch=scratch, train_limit=2000, test_limit=500,
                                    lrs=(1e-2,), weight_decays=(1e-4,), epochs=20)
         ft = finetune_recipe(0.01)
-        ft.epochs, ft.batch_size, ft.test_limit, ft.crop_scale = 10, 64, 1000, (0.5, 1.0)
+        ft.epochs, ft.batch_size, ft.test_limit, ft.crop_scale = 6, 64, 500, (0.5, 1.0)
         tuned, _ = finetune(run, 0.01, ft, from_scratch=scratch, progress=False)
         dist = distill_recipe(64)
-        dist.epochs, dist.test_limit, dist.crop_scale = 1, 1000, (0.5, 1.0)
+        dist.epochs, dist.test_limit, dist.crop_scale = 1, 500, (0.5, 1.0)
         student, _ = distill(Path(tuned.model), dist, student_init=None if scratch else run,
-                             unlabelled_limit=3840, progress=False)
+                             unlabelled_limit=1920, progress=False)
         top1["scratch" if scratch else "pretrained"] = (probe.test_top1, tuned.test_top1, student.test_top1)
     (lin, ft, dist), (lin0, ft0, dist0) = top1["pretrained"], top1["scratch"]
-    assert lin > lin0 + 5 and ft > ft0 + 5 and dist > dist0 + 5, top1  # measured: 81/76/72 vs 65/65/42
+    assert lin > lin0 + 5 and ft > ft0 + 5 and dist > dist0 + 5, top1  # measured: 79/70/53 vs 65/55/20
     out = pretrained_fashion_mnist / "eval"
     assert {p.name for p in out.glob("*.json")} >= {"linear_probe.json", "linear_probe_scratch.json",
                                                      "finetune_1pct.json", "finetune_1pct_scratch.json"}
