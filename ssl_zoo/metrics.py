@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 
 import torch
+
+from ssl_zoo import distributed as dist_utils
 
 from ssl_zoo.checkpoint import atomic_write_text
 
@@ -58,6 +61,29 @@ def read_metrics(path: Path) -> list[dict]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+class LossMeter:
+    """Mean loss and images per second between log steps; the loss stays on the device until read."""
+
+    def __init__(self, device: torch.device, step: int) -> None:
+        self.device = device
+        self._reset(step)
+
+    def _reset(self, step: int) -> None:
+        self.total, self.count = torch.zeros((), device=self.device), 0
+        self.since, self.since_step = time.perf_counter(), step
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss
+        self.count += 1
+
+    def read(self, step: int, global_batch: int) -> tuple[float, float]:
+        """(mean loss over all ranks, images per second); starts a new interval."""
+        mean = dist_utils.all_reduce_mean(self.total / max(self.count, 1)).item()
+        rate = (step - self.since_step) * global_batch / max(time.perf_counter() - self.since, 1e-9)
+        self._reset(step)
+        return mean, rate
 
 
 class MetricsLogger:

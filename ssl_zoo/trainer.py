@@ -1,6 +1,6 @@
 """The one training loop every method runs through.
 
-Owns: device and precision, DDP, data position, optimiser and schedules, clipping,
+Owns: device and precision, DDP, data position, optimiser and schedules, clipping, the time budget,
 accumulation, NaN guard, signals, logging, periodic k-NN, atomic checkpoints and exact resume.
 Methods only turn a batch into views and views into a loss.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +26,14 @@ from ssl_zoo.config import ConfigError, ExperimentConfig, to_dict
 from ssl_zoo.data import ResumableSampler, build_dataset, build_loader
 from ssl_zoo.eval.knn import extract_features, knn_eval
 from ssl_zoo.methods.base import Method, build_method
-from ssl_zoo.metrics import MetricsLogger
+from ssl_zoo.metrics import LossMeter, MetricsLogger
 from ssl_zoo.optim import Schedule, build_optimizer, clip_gradients, scaled_lr
 from ssl_zoo.resume_check import check_resume_config, state_dict_mismatch
 from ssl_zoo.run_lock import hold_run_dir
 from ssl_zoo.runtime import (AUTOCAST_DTYPES, configure_cuda, pick_device, resolve_precision, rng_state, rng_untouched,
                              set_rng_state)
 from ssl_zoo.schedules import Progress
+from ssl_zoo.stop_signal import StopSignal
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,33 +65,6 @@ def init_from_hub(method: Method, spec: str) -> None:
         method.init_backbone(state)
     except (HubError, RuntimeError) as e:
         raise ConfigError(f"model.init_from={spec}: {str(e).splitlines()[0]}") from e
-
-
-class StopSignal:
-    """SIGTERM/SIGUSR1/SIGUSR2 set a flag; the loop checkpoints and exits at the next step boundary.
-
-    SIGUSR2 is SLURM's (submitit's) warning before a time limit or preemption: the launcher
-    requeues the job after the checkpoint (ssl_zoo.launch).
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "StopSignal":
-        with contextlib.suppress(ValueError):  # not the main thread: no handlers
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signum
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 class Trainer:
@@ -297,7 +270,7 @@ class Trainer:
             with rng_untouched(self.device):
                 logger.images(self.step, self.method.log_images(views))
 
-    def _log(self, logger: MetricsLogger, bar: tqdm, meter: "_LossMeter", grad_norm: torch.Tensor,
+    def _log(self, logger: MetricsLogger, bar: tqdm, meter: LossMeter, grad_norm: torch.Tensor,
              progress: Progress) -> None:
         if not (self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps):
             return
@@ -414,7 +387,7 @@ class Trainer:
     def _train(self, logger: MetricsLogger, bar: tqdm, stop: StopSignal) -> str:
         """Optimizer steps until total_steps or a stop signal; 'completed' or 'interrupted'."""
         accumulate = self.cfg.train.accumulate
-        meter, timer = _LossMeter(self.device, self.step), StepTimer(self.step)
+        meter, timer = LossMeter(self.device, self.step), StepTimer(self.step)
         while self.step < self.total_steps:
             epoch, pos = divmod(self.step, self.steps_per_epoch)
             self.sampler.set_position(epoch, pos * accumulate)
@@ -483,29 +456,6 @@ class Trainer:
 
 
 KNN_SEARCH_MARGIN = 1.2  # feature extraction dominates a k-NN; 20% for the similarity search and top-k
-
-
-class _LossMeter:
-    """Mean loss and images per second between log steps; the loss stays on the device until read."""
-
-    def __init__(self, device: torch.device, step: int) -> None:
-        self.device = device
-        self._reset(step)
-
-    def _reset(self, step: int) -> None:
-        self.total, self.count = torch.zeros((), device=self.device), 0
-        self.since, self.since_step = time.perf_counter(), step
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.total += loss
-        self.count += 1
-
-    def read(self, step: int, global_batch: int) -> tuple[float, float]:
-        """(mean loss over all ranks, images per second); starts a new interval."""
-        mean = dist_utils.all_reduce_mean(self.total / max(self.count, 1)).item()
-        rate = (step - self.since_step) * global_batch / max(time.perf_counter() - self.since, 1e-9)
-        self._reset(step)
-        return mean, rate
 
 
 def _groups(loader, size: int):

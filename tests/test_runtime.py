@@ -76,7 +76,7 @@ def test_every_shipped_config_leaves_precision_to_the_hardware():
 @pytest.mark.parametrize("native", [True, False])
 def test_resolved_precision_is_printed_and_written_to_config_yaml(tmp_path, monkeypatch, capsys, one_thread, native):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
-    raw = tiny_config("simclrv2", tmp_path, train={"max_steps": 1, "precision": "auto"})
+    raw = tiny_config("simclrv2", tmp_path, train={"max_steps": 1, "batch_size": 4, "precision": "auto"})
     trainer = Trainer(load_config(raw), progress_bar=False)
     expected = "bf16" if native else "fp32"
     assert trainer.amp_dtype == (torch.bfloat16 if native else None)

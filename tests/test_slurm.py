@@ -297,9 +297,12 @@ def test_named_profiles_are_found_from_an_installed_not_editable_package(tmp_pat
     import os
     import sys
 
-    target = tmp_path / "site"
+    import shutil
+
+    source, target = tmp_path / "source", tmp_path / "site"  # a copy: pip builds in the source tree
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "runs", "build", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(ROOT)], check=True, capture_output=True, timeout=300)
+                    "--target", str(target), str(source)], check=True, capture_output=True, timeout=300)
     assert (target / "ssl_zoo" / "launch" / "profile.py").is_file() and not (target / "slurm").exists()
     profiles = tmp_path / "profiles"
     profiles.mkdir()
