@@ -145,7 +145,7 @@ class RADDINO(SelfDistillation):
         ibot_weight: float = bounded(1.0, 0.0)
         koleo_weight: float = bounded(0.1, 0.0)
         mask_fraction: float = bounded(0.5, 0.0, 1.0)  # share of the 2B global crops that get masks
-        mask_ratio: tuple[float, float] = bounded((0.1, 0.5), 0.0, 1.0)  # per-image ratios: linspace intervals
+        mask_ratio: tuple[float, float] = bounded((0.1, 0.5), 0.0, 1.0, ordered=True)  # per-image ratios: linspace intervals
         mask_min_patches: int = bounded(4, 1)
         mask_min_aspect: float = bounded(0.3, 0.01, 1.0)  # block aspect log-U(0.3, 1/0.3)
         global_views: list[ViewSpec] = field(default_factory=radiograph_global_views)

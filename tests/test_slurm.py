@@ -321,3 +321,25 @@ def test_named_profiles_are_found_from_an_installed_not_editable_package(tmp_pat
                               "--cluster", "nocluster"], cwd=work, env=env, capture_output=True, text=True,
                              timeout=300)
     assert missing.returncode != 0 and "nocluster.yaml in slurm, " in missing.stderr
+
+
+def test_a_job_locked_out_of_a_busy_run_dir_leaves_the_running_jobs_status(tmp_path):
+    """Two submissions into one run directory: the second fails on the lock and the status stays the first's."""
+    from submitit.core.utils import FailedJobError
+
+    from ssl_zoo.run_lock import RunLock
+
+    path = config_file(tmp_path, "busy")
+    run_dir = tmp_path / "runs" / "busy"
+    run_dir.mkdir(parents=True)
+    status = '{"state": "RUNNING", "job_id": "first"}\n'
+    (run_dir / "job_status.json").write_text(status)
+    lock = RunLock(run_dir)
+    lock.acquire()  # the first job, training
+    try:
+        (s,) = submit(str(path), load_profile("local"), [])
+        with pytest.raises(FailedJobError, match="is in use by another training run"):
+            s.job.results()
+    finally:
+        lock.release()
+    assert (run_dir / "job_status.json").read_text() == status

@@ -19,9 +19,10 @@ from pathlib import Path
 import submitit
 import torch
 
-from ssl_zoo.checkpoint import atomic_write_json
+from ssl_zoo.checkpoint import atomic_write_json, atomic_write_text
 from ssl_zoo.config import load_config
 from ssl_zoo.distributed import rendezvous_port
+from ssl_zoo.run_lock import RunDirBusyError
 
 
 def rendezvous_env(env: submitit.JobEnvironment) -> dict[str, str]:
@@ -70,11 +71,19 @@ class TrainJob:
         run_dir = Path(cfg.train.output_dir) / cfg.train.name
         main, job_id = env.global_rank == 0, str(env.job_id)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        status_file = run_dir / "job_status.json"
+        previous = status_file.read_text() if main and status_file.is_file() else None
         if main:
             write_status(run_dir, job_id, "RUNNING", restarts=restarts)
         try:
             trainer = Trainer(cfg, progress_bar=False)
             result = trainer.fit()
+        except RunDirBusyError:
+            if main and previous is not None:  # another job trains here: the status is that job's again
+                atomic_write_text(previous, status_file)
+            elif main:
+                status_file.unlink(missing_ok=True)
+            raise  # submitit records the error for this job
         except BaseException as e:
             if main:
                 write_status(run_dir, job_id, "FAILED", exit_code=1, error=f"{type(e).__name__}: {e}",
