@@ -20,9 +20,8 @@ from typing import Any, Callable
 
 import torch
 
+from ssl_zoo.errors import CheckpointError
 
-class CheckpointError(RuntimeError):
-    """No usable checkpoint, or one from another method/config."""
 
 
 _TEMPORARY = re.compile(r"^\..+\.tmp(\d+)$")
@@ -58,10 +57,6 @@ def atomic_write_text(text: str, path: Path) -> None:
 
 def atomic_write_json(obj: Any, path: Path, sort_keys: bool = False) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n", path)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _pid_alive(pid: int) -> bool:

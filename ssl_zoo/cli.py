@@ -7,8 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ssl_zoo.checkpoint import CheckpointError
-from ssl_zoo.config import ConfigError
+from ssl_zoo.errors import SslZooError
 
 EPILOG = "Overrides are dotted keys with YAML values, e.g. optim.base_lr=0.1 train.max_steps=200 data.path=/data"
 
@@ -401,11 +400,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ssl_zoo.data import DataError
-    from ssl_zoo.hub import HubError
-    from ssl_zoo.launch import JobError
-    from ssl_zoo.trainer import NonFiniteLossError
-
     parser = build_parser()
     # overrides may come before or after options: collect leftover key=value words into them
     args, extra = parser.parse_known_args(argv)
@@ -415,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.extend(extra)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, HubError, JobError) as e:
+    except SslZooError as e:  # every error the zoo raises on purpose: one line, no traceback
         print(f"ssl-zoo: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

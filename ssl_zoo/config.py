@@ -19,9 +19,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from ssl_zoo.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration key or value is invalid; the message says which and what is allowed."""
 
 
 def bounded(default: Any, lo: float | None = None, hi: float | None = None, *, hi_open: bool = False,

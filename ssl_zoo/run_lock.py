@@ -20,11 +20,8 @@ from pathlib import Path
 import torch
 
 from ssl_zoo import distributed as dist_utils
-from ssl_zoo.checkpoint import CheckpointError
+from ssl_zoo.errors import RunDirBusyError
 
-
-class RunDirBusyError(CheckpointError):
-    """Another process is training in (and writing the checkpoints of) this run directory."""
 
 
 class RunLock:

@@ -21,9 +21,10 @@ from tqdm import tqdm
 from ssl_zoo import distributed as dist_utils
 from ssl_zoo.augment import Views
 from ssl_zoo.budget import MEASURE_STEPS, SKIP_STEPS, EvalCost, StepTimer, steps_within_budget
-from ssl_zoo.checkpoint import CheckpointError, CheckpointManager, atomic_write_text, remove_stale_temporaries
-from ssl_zoo.config import ConfigError, ExperimentConfig, to_dict
+from ssl_zoo.checkpoint import CheckpointManager, atomic_write_text, remove_stale_temporaries
+from ssl_zoo.config import ExperimentConfig, to_dict
 from ssl_zoo.data import ResumableSampler, build_dataset, build_loader
+from ssl_zoo.errors import CheckpointError, ConfigError, NonFiniteLossError
 from ssl_zoo.eval.knn import extract_features, knn_eval
 from ssl_zoo.methods.base import Method, build_method
 from ssl_zoo.metrics import LossMeter, MetricsLogger
@@ -35,9 +36,6 @@ from ssl_zoo.runtime import (AUTOCAST_DTYPES, configure_cuda, pick_device, resol
 from ssl_zoo.schedules import Progress
 from ssl_zoo.stop_signal import StopSignal
 
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; training stops and the last good checkpoint is kept."""
 
 
 @dataclass

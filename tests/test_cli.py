@@ -61,3 +61,22 @@ def test_train_then_eval_knn_from_run_dir_and_checkpoint(tmp_path):
         assert float(out.stdout.split(": ")[-1].rstrip("%\n")) == pytest.approx(trained, abs=1e-6)
     missing = run_cli("eval", "knn", str(tmp_path / "none"))
     assert missing.returncode == 2 and "no such run directory, checkpoint or hub model folder" in missing.stderr
+
+
+def test_every_zoo_error_is_one_line_from_the_cli(monkeypatch, capsys):
+    """One base class: a new error class is caught by the CLI without editing it."""
+    import inspect
+    import re
+
+    from ssl_zoo import cli, errors
+
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__]
+    assert len(classes) >= 8 and all(issubclass(c, errors.SslZooError) for c in classes)
+    assert not re.search(r"^\s*(from|import) ssl_zoo", inspect.getsource(errors), flags=re.M)  # the bottom layer
+    for cls in classes:
+        def fail(args, cls=cls):
+            raise cls(f"{cls.__name__} happened")
+
+        monkeypatch.setattr(cli, "cmd_train", fail)
+        assert cli.main(["train", "any.yaml"]) == 2
+        assert capsys.readouterr().err == f"ssl-zoo: error: {cls.__name__} happened\n"

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ssl_zoo.errors import DataError
 
-class DataError(RuntimeError):
-    """The dataset cannot be used (missing path, empty folder, unreadable image in 'error' mode)."""
 
 
 @dataclass

@@ -19,7 +19,7 @@ from ssl_zoo.augment import ViewAugment, ViewSpec
 from ssl_zoo.config import ConfigError, OptimConfig
 from ssl_zoo.data import Batch, build_loader
 from ssl_zoo.optim import Schedule, build_optimizer, scaled_lr
-from ssl_zoo.trainer import NonFiniteLossError
+from ssl_zoo.errors import NonFiniteLossError
 
 
 @dataclass

@@ -13,15 +13,13 @@ import re
 from pathlib import Path, PurePosixPath
 
 from ssl_zoo.checkpoint import atomic_write_json
+from ssl_zoo.errors import HubError
 
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "ssl-zoo-hub/1"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
-
-class HubError(RuntimeError):
-    """A hub, index entry, download or weights file that cannot be used (and why)."""
 
 
 def check_name(name: str) -> str:

@@ -22,7 +22,7 @@ import torch
 from ssl_zoo.checkpoint import atomic_write_json, atomic_write_text
 from ssl_zoo.config import load_config
 from ssl_zoo.distributed import rendezvous_port
-from ssl_zoo.run_lock import RunDirBusyError
+from ssl_zoo.errors import RunDirBusyError
 
 
 def rendezvous_env(env: submitit.JobEnvironment) -> dict[str, str]:

@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ssl_zoo.launch import JobError
+from ssl_zoo.errors import JobError
 from ssl_zoo.launch.submit import JOBS_FILE
 from ssl_zoo.metrics import read_metrics
 
