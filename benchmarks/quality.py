@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (RESULTS, ROOT, describe, discover, log, markdown_table, provenance,  # noqa: E402
                                quiet_overrides, write_json)
-from ssl_zoo.config import DataConfig, load_config  # noqa: E402
+from ssl_zoo.config import DataConfig  # noqa: E402
+from ssl_zoo.experiment import load_config  # noqa: E402
 from ssl_zoo.data import build_dataset  # noqa: E402
 from ssl_zoo.eval.knn import extract_features, knn_accuracy  # noqa: E402
 from ssl_zoo.eval.linear import linear_probe  # noqa: E402

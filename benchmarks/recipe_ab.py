@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, markdown_table, provenance, write_json  # noqa: E402
-from ssl_zoo.config import load_config  # noqa: E402
+from ssl_zoo.experiment import load_config  # noqa: E402
 from ssl_zoo.trainer import Trainer  # noqa: E402
 
 CONFIG = "configs/simclrv2/resnet18_fashion_mnist.yaml"

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (RESULTS, ROOT, describe, discover, img_per_s, log,  # noqa: E402
                                markdown_table, provenance, quiet_overrides, sync, write_json)
-from ssl_zoo.config import load_config  # noqa: E402
+from ssl_zoo.experiment import load_config  # noqa: E402
 from ssl_zoo.schedules import Progress  # noqa: E402
 from ssl_zoo.trainer import Trainer  # noqa: E402
 

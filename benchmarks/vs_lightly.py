@@ -50,7 +50,8 @@ from benchmarks.common import (RESULTS, ROOT, StepClock, clock_trainer, describe
                                img_per_s, log, markdown_table, provenance, quiet_overrides, sync, write_json)
 from ssl_zoo.augment import MultiViewAugment, ViewSpec, odd_kernel  # noqa: E402
 from ssl_zoo.backbones import build_backbone  # noqa: E402
-from ssl_zoo.config import ExperimentConfig, OptimConfig, load_config  # noqa: E402
+from ssl_zoo.config import ExperimentConfig, OptimConfig  # noqa: E402
+from ssl_zoo.experiment import load_config  # noqa: E402
 from ssl_zoo.data import build_dataset  # noqa: E402
 from ssl_zoo.optim import scaled_lr  # noqa: E402
 from ssl_zoo.runtime import autocast_dtype, pick_device  # noqa: E402

@@ -23,14 +23,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from ssl_zoo.config import dump_yaml, load_config
+    from ssl_zoo.config import dump_yaml
+    from ssl_zoo.experiment import load_config
 
     print(dump_yaml(load_config(args.config, args.overrides)), end="")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ssl_zoo.config import load_config
+    from ssl_zoo.experiment import load_config
     from ssl_zoo.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)

@@ -326,14 +326,9 @@ def read_yaml_mapping(path: Path) -> dict:
     return data
 
 
-def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Resolve a YAML file (or dict) plus dotted overrides into a validated ExperimentConfig.
-
-    The optimiser section starts from the method's paper defaults (`Method.paper_optim`), so a
-    config only states what it changes.
-    """
-    from ssl_zoo.registry import available_methods, get_method_class
-
+def read_raw(source: str | Path | dict, overrides: list[str] | None = None) -> tuple[dict, str]:
+    """The raw mapping of a YAML file (or a copy of a dict) with dotted overrides applied, and the name a
+    run takes when `train.name` is unset (the file's stem)."""
     if isinstance(source, dict):
         raw, name_hint = copy.deepcopy(source), ""  # overrides must not write into the caller's dict
     else:
@@ -341,36 +336,38 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
         raw, name_hint = read_yaml_mapping(path), path.stem
     for key, value in parse_overrides(overrides or []):
         _set_dotted(raw, key, value)
-
     sections = {f.name for f in dataclasses.fields(ExperimentConfig)}
     for key in raw:
         if key not in sections:
             raise ConfigError(f"unknown config section '{key}'.{_closest(key, sorted(sections))} "
                               f"Valid sections: {', '.join(sorted(sections))}")
+    return raw, name_hint
+
+
+def build_config(raw: dict, method_config: type, *, optim_defaults: OptimConfig, model_defaults: dict,
+                 name_hint: str = "") -> ExperimentConfig:
+    """Validate `raw` into an ExperimentConfig, once, with nothing changed afterwards: the optimiser and
+    model sections start from the method's paper defaults, and an unset `train.name` is `name_hint` (else
+    the method's name). The caller picks `method_config` and the defaults (ssl_zoo.experiment asks the
+    method registry), so the schema knows nothing of methods."""
 
     def section(name: str, cls: type) -> dict:  # an empty YAML section (`train:`) is null: no changes
         value = raw.get(name)
         return {} if value is None else _expect_mapping(value, name, [f.name for f in dataclasses.fields(cls)])
 
-    method_raw = raw.get("method")
-    if not isinstance(method_raw, dict) or "name" not in method_raw:
-        raise ConfigError(f"method: expected a mapping with at least 'name' (method.name is required; one of "
-                          f"{', '.join(available_methods())}) and that method's keys, got {method_raw!r}")
-    method_cls = get_method_class(method_raw["name"])
-    method_cfg = build_dataclass(method_cls.Config, method_raw, "method")
-
-    optim_raw = {**dataclasses.asdict(method_cls.paper_optim()), **section("optim", OptimConfig)}
-    cfg = ExperimentConfig(
+    method_cfg = build_dataclass(method_config, raw["method"], "method")
+    train_raw = section("train", TrainConfig)
+    if not train_raw.get("name"):
+        train_raw = {**train_raw, "name": name_hint or method_cfg.name}
+    return ExperimentConfig(
         method=method_cfg,
         data=build_dataclass(DataConfig, section("data", DataConfig), "data"),
-        model=build_dataclass(ModelConfig, {**method_cls.default_model(), **section("model", ModelConfig)}, "model"),
-        optim=build_dataclass(OptimConfig, optim_raw, "optim"),
-        train=build_dataclass(TrainConfig, section("train", TrainConfig), "train"),
+        model=build_dataclass(ModelConfig, {**model_defaults, **section("model", ModelConfig)}, "model"),
+        optim=build_dataclass(OptimConfig, {**dataclasses.asdict(optim_defaults), **section("optim", OptimConfig)},
+                              "optim"),
+        train=build_dataclass(TrainConfig, train_raw, "train"),
         eval=build_dataclass(EvalConfig, section("eval", EvalConfig), "eval"),
     )
-    if not cfg.train.name:
-        cfg.train.name = name_hint or method_cfg.name
-    return cfg
 
 
 def to_dict(cfg: Any) -> Any:

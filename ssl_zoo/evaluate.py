@@ -17,7 +17,8 @@ from torch import nn
 from ssl_zoo.augment import EvalView, Normalize
 from ssl_zoo.backbones import rebuild_backbone
 from ssl_zoo.checkpoint import CheckpointError, atomic_save, atomic_write_json, load_checkpoint
-from ssl_zoo.config import DataConfig, ExperimentConfig, load_config, to_dict
+from ssl_zoo.config import DataConfig, ExperimentConfig, to_dict
+from ssl_zoo.experiment import load_config
 from ssl_zoo.data import build_dataset
 from ssl_zoo.eval.knn import extract_features, knn_eval
 from ssl_zoo.eval.linear import ProbeResult, linear_probe

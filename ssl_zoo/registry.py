@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from typing import Callable
 
+from ssl_zoo.errors import ConfigError
+
 _METHODS: dict[str, type] = {}
 
 
@@ -29,8 +31,6 @@ def available_methods() -> dict[str, type]:
 
 
 def get_method_class(name: str) -> type:
-    from ssl_zoo.config import ConfigError
-
     methods = available_methods()
     if name not in methods:
         close = difflib.get_close_matches(str(name), list(methods), n=1)

@@ -8,6 +8,7 @@ Methods only turn a batch into views and views into a loss.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -215,7 +216,8 @@ class Trainer:
         batch = batch.to(self.device)
         views = self.method.views(batch)
         if self.cfg.train.channels_last:
-            views.crops = [c.contiguous(memory_format=torch.channels_last) for c in views.crops]
+            views = dataclasses.replace(views, crops=[c.contiguous(memory_format=torch.channels_last)
+                                                      for c in views.crops])  # a new Views: the method's stays as built
         sync = contextlib.nullcontext()
         if not last_micro and isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
             sync = self.model.no_sync()

@@ -103,7 +103,7 @@ def tiny_config(method: str, tmp_path: Path, data: str = "synthetic", **sections
 
 def tiny_method(method: str, tmp_path: Path, **overrides):
     """The tiny `method` of TINY (synthetic data), with method-section overrides, built."""
-    from ssl_zoo.config import load_config
+    from ssl_zoo.experiment import load_config
     from ssl_zoo.methods.base import build_method
 
     raw = tiny_config(method, tmp_path)
@@ -132,7 +132,7 @@ def fit_losses(raw: dict, steps: int) -> list[float]:
     """Train the dict config `raw` to completion; its per-step losses (one per step, all finite)."""
     import math
 
-    from ssl_zoo.config import load_config
+    from ssl_zoo.experiment import load_config
     from ssl_zoo.trainer import Trainer
 
     result = Trainer(load_config(raw), progress_bar=False).fit()
@@ -160,7 +160,7 @@ def stop_and_resume(base: dict, stop_after: int, sig: int = signal.SIGUSR1, name
     `stop_after` + 1 (the trainer's real handler sees it mid-run), then restarted to the end: the TrainResult
     of the restart. Under DDP every rank raises it, as SLURM signals every task. The trainer reads the stop
     flag once per step, before applying it (with the NaN check), so it stops after step `stop_after` + 2."""
-    from ssl_zoo.config import load_config
+    from ssl_zoo.experiment import load_config
     from ssl_zoo.trainer import Trainer
 
     trainer = Trainer(load_config(base, [f"train.name={name}"]), progress_bar=False)
@@ -181,7 +181,7 @@ def stop_and_resume(base: dict, stop_after: int, sig: int = signal.SIGUSR1, name
 
 def assert_stop_and_resume_matches_straight_run(base: dict, stop_after: int, sig: int = signal.SIGUSR1) -> None:
     """A signal during step `stop_after` + 1, a restart, and the same final weights as a straight run."""
-    from ssl_zoo.config import load_config
+    from ssl_zoo.experiment import load_config
     from ssl_zoo.trainer import Trainer
 
     straight = Trainer(load_config(base, ["train.name=straight"]), progress_bar=False).fit()

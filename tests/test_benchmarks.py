@@ -38,7 +38,7 @@ def test_lightly_baselines_mirror_the_zoo_configs_and_train(one_thread):
     """Each lightly-side recipe makes the config's views and a finite loss that reaches the backbone."""
     from PIL import Image
 
-    from ssl_zoo.config import load_config
+    from ssl_zoo.experiment import load_config
 
     vs = script("vs_lightly")
     configs = vs.discover()

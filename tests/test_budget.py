@@ -11,7 +11,7 @@ import yaml
 
 from ssl_zoo.budget import MEASURE_STEPS, SAFETY, SKIP_STEPS, EvalCost, StepTimer, steps_within_budget
 from ssl_zoo.checkpoint import load_checkpoint
-from ssl_zoo.config import load_config
+from ssl_zoo.experiment import load_config
 from ssl_zoo.trainer import Trainer
 from tests.conftest import tiny_config
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from ssl_zoo.config import (ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, build_dataclass,
-                            dump_yaml, load_config, parse_overrides)
+                            dump_yaml, parse_overrides)
+from ssl_zoo.experiment import load_config
 from ssl_zoo.registry import available_methods
 from tests.conftest import ROOT
 

@@ -9,7 +9,8 @@ from PIL import Image
 
 from ssl_zoo.backbones import adapt_stem, rebuild_backbone, spec_of
 from ssl_zoo.backbones.croco import Attention, DecoderBlock, rope_embedding
-from ssl_zoo.config import ConfigError, DataConfig, load_config
+from ssl_zoo.config import ConfigError, DataConfig
+from ssl_zoo.experiment import load_config
 from ssl_zoo.data import Batch, DataError, build_dataset
 from ssl_zoo.data.pairs import SyntheticPairSpec, synthetic_pair_views
 from ssl_zoo.masking import mask_from_indices

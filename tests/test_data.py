@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_zoo.config import DataConfig, load_config
+from ssl_zoo.config import DataConfig
+from ssl_zoo.experiment import load_config
 from ssl_zoo.data import DataError, ResumableSampler, build_dataset
 from ssl_zoo.data.fashion_mnist import FashionMNIST
 from ssl_zoo.trainer import Trainer

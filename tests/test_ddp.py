@@ -32,7 +32,7 @@ def launch(mode: str, args: dict, world: int = WORLD, timeout: float = 180) -> N
 
 def _worker_train(args: dict) -> None:
     from ssl_zoo import distributed as dist_utils
-    from ssl_zoo.config import load_config
+    from ssl_zoo.experiment import load_config
     from ssl_zoo.trainer import Trainer
 
     trainer = Trainer(load_config(args["config"]), progress_bar=False)
@@ -93,7 +93,7 @@ def _worker_queue(args: dict) -> None:
 def test_two_rank_training_keeps_ranks_in_sync(tmp_path):
     from conftest import tiny_config
 
-    from ssl_zoo.config import load_config
+    from ssl_zoo.experiment import load_config
     from ssl_zoo.optim import scaled_lr
 
     batch = 16

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_zoo.config import load_config
+from ssl_zoo.experiment import load_config
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.schedules import Progress
 from ssl_zoo.trainer import Trainer

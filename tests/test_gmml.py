@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from ssl_zoo.config import ConfigError, load_config
+from ssl_zoo.config import ConfigError
+from ssl_zoo.experiment import load_config
 from ssl_zoo.corruption import GroupCorruption, block_masks, group_corrupt
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.methods.gmml import GMML, masked_l1, patch_tokens, reconstruction_blocks

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ssl_zoo.cli import main as cli_main
-from ssl_zoo.config import ConfigError, load_config
+from ssl_zoo.config import ConfigError
+from ssl_zoo.experiment import load_config
 from ssl_zoo.eval.linear import linear_probe, validation_split
 from ssl_zoo.trainer import Trainer
 from tests.conftest import tiny_config

@@ -6,7 +6,8 @@ import timm
 import torch
 from lightly.models.utils import patchify
 
-from ssl_zoo.config import OptimConfig, load_config
+from ssl_zoo.config import OptimConfig
+from ssl_zoo.experiment import load_config
 from ssl_zoo.masking import mask_from_indices
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.schedules import Progress

@@ -43,7 +43,7 @@ def matrix_config(method: str, root: Path) -> dict:
 
 def tiny_batch(method: str, tmp_path: Path):
     """The tiny method (seeded, train mode) and one batch of its own tiny data."""
-    from ssl_zoo.config import load_config
+    from ssl_zoo.experiment import load_config
     from ssl_zoo.data import build_dataset
     from ssl_zoo.methods.base import build_method
 
@@ -76,7 +76,7 @@ def train_every_method(configs: dict[str, dict], out: Path) -> None:
     stopped by SIGTERM and restarted. The first failure ends the job: after it the ranks would no longer
     agree on the order of their collectives."""
     from ssl_zoo import distributed as dist_utils
-    from ssl_zoo.config import load_config
+    from ssl_zoo.experiment import load_config
     from ssl_zoo.trainer import Trainer
 
     rank = dist_utils.init_distributed("cpu").rank

@@ -277,7 +277,8 @@ def first_loss(run_dir: Path) -> float:
 def test_init_from_continues_pretraining_from_a_hub_model(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from ssl_zoo.config import ConfigError, load_config
+    from ssl_zoo.config import ConfigError
+    from ssl_zoo.experiment import load_config
     from ssl_zoo.hub.export import export
     from ssl_zoo.trainer import Trainer
     from tests.conftest import tiny_config

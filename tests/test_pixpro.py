@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_zoo.augment import Views, ViewAugment, ViewSpec
-from ssl_zoo.config import ConfigError, load_config
+from ssl_zoo.config import ConfigError
+from ssl_zoo.experiment import load_config
 from ssl_zoo.geometry import bin_centres, bin_diagonal, positive_bins
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.methods.pixpro import PixelPropagation, PixPro, pixpro_loss

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
 
-from ssl_zoo.config import ConfigError, OptimConfig, load_config
+from ssl_zoo.config import ConfigError, OptimConfig
+from ssl_zoo.experiment import load_config
 from ssl_zoo.masking import block_masks
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.methods.rad_dino import RADDINO, TeacherTargets, cross_view_loss, masked_patch_loss

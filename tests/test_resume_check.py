@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ssl_zoo.checkpoint import CheckpointError
-from ssl_zoo.config import TrainConfig, load_config, to_dict
+from ssl_zoo.config import TrainConfig, to_dict
+from ssl_zoo.experiment import load_config
 from ssl_zoo.resume_check import (HARMLESS_TRAIN, NOT_COMPARED, RUN_CHANGING_TRAIN, check_resume_config,
                                   config_changes, state_dict_mismatch)
 from tests.conftest import tiny_config

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ssl_zoo import run_lock
-from ssl_zoo.config import load_config
+from ssl_zoo.experiment import load_config
 from ssl_zoo.launch.local_ranks import run_ranks
 from ssl_zoo.run_lock import RunDirBusyError, RunLock, hold_run_dir
 from ssl_zoo.trainer import Trainer
@@ -89,7 +89,7 @@ def test_two_train_processes_on_one_run_directory(tmp_path):
 DDP_WORKER = """
 import json, sys
 from ssl_zoo import distributed
-from ssl_zoo.config import load_config
+from ssl_zoo.experiment import load_config
 from ssl_zoo.run_lock import RunDirBusyError
 from ssl_zoo.trainer import Trainer
 trainer = Trainer(load_config(json.loads(sys.argv[1])), progress_bar=False)

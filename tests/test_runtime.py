@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from ssl_zoo import runtime
-from ssl_zoo.config import load_config
+from ssl_zoo.experiment import load_config
 from ssl_zoo.trainer import Trainer
 from tests.conftest import tiny_config
 

@@ -7,7 +7,8 @@ import torch
 from ssl_zoo.augment import ViewAugment, ViewSpec
 from ssl_zoo.backbones import rebuild_backbone, spec_of
 from ssl_zoo.backbones.satmae import GroupChannelDecoder, GroupChannelViT, MultiScaleHead
-from ssl_zoo.config import ConfigError, DataConfig, load_config
+from ssl_zoo.config import ConfigError, DataConfig
+from ssl_zoo.experiment import load_config
 from ssl_zoo.data import Batch, DataError, build_dataset
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.methods.satmae_pp import SatMAEPP, group_masked_mse

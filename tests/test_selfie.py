@@ -10,7 +10,8 @@ from lightly.models.utils import patchify
 
 from ssl_zoo.backbones import rebuild_backbone, spec_of
 from ssl_zoo.backbones.selfie import build_patch_network, per_patch
-from ssl_zoo.config import ConfigError, ModelConfig, load_config
+from ssl_zoo.config import ConfigError, ModelConfig
+from ssl_zoo.experiment import load_config
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.methods.selfie import Selfie, selfie_view
 from tests.conftest import fit_losses, random_images, tiny_config, tiny_method

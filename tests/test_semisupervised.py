@@ -9,7 +9,8 @@ import torch
 
 from ssl_zoo.checkpoint import CheckpointError
 from ssl_zoo.cli import main as cli_main
-from ssl_zoo.config import ConfigError, load_config
+from ssl_zoo.config import ConfigError
+from ssl_zoo.experiment import load_config
 from ssl_zoo.eval.classifier import load_classifier
 from ssl_zoo.eval.distill import default_temperature, distill, distill_recipe, distillation_loss
 from ssl_zoo.eval.finetune import balanced_subset, finetune, finetune_recipe, label_tag, parse_label_fraction

@@ -5,7 +5,7 @@ import pytest
 import torch
 from lightly.loss import NTXentLoss
 
-from ssl_zoo.config import load_config
+from ssl_zoo.experiment import load_config
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.optim import scaled_lr
 from ssl_zoo.trainer import Trainer

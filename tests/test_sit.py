@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_zoo.augment import Normalize, to_unit
-from ssl_zoo.config import ConfigError, load_config
+from ssl_zoo.config import ConfigError
+from ssl_zoo.experiment import load_config
 from ssl_zoo.corruption import V1Distortion, v1_distort
 from ssl_zoo.methods.sit import SiT, moco_v3_loss, rotate90, uncertainty_weighted
 from ssl_zoo.schedules import Progress

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from ssl_zoo.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
-from ssl_zoo.config import load_config
+from ssl_zoo.experiment import load_config
 from ssl_zoo.trainer import NonFiniteLossError, Trainer
 from tests.conftest import (ROOT, assert_same_weights, assert_stop_and_resume_matches_straight_run,
                             final_weights, tiny_config)

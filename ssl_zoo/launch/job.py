@@ -20,7 +20,7 @@ import submitit
 import torch
 
 from ssl_zoo.checkpoint import atomic_write_json, atomic_write_text
-from ssl_zoo.config import load_config
+from ssl_zoo.experiment import load_config
 from ssl_zoo.distributed import rendezvous_port
 from ssl_zoo.errors import RunDirBusyError
 

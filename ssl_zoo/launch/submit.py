@@ -16,7 +16,8 @@ from pathlib import Path
 
 import submitit
 
-from ssl_zoo.config import ConfigError, ExperimentConfig, load_config, to_dict
+from ssl_zoo.config import ConfigError, ExperimentConfig, to_dict
+from ssl_zoo.experiment import load_config
 from ssl_zoo.launch.job import TrainJob
 from ssl_zoo.launch.profile import ClusterProfile
 
