@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
-from lightly.utils.lars import LARS
 
 from ssl_zoo.config import OptimConfig
+from ssl_zoo.lars import SyncFreeLARS
 from ssl_zoo.schedules import cosine, warmup_cosine
+
+FUSED_ADAMW_DEVICES = {"cpu", "cuda"}  # torch >= 2.4 has a fused AdamW kernel for both
 
 
 def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
@@ -27,15 +29,16 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimiz
         g.setdefault("lr_scale", 1.0)
         g["wd_scale"] = 1.0 if g.get("weight_decay", cfg.weight_decay) > 0 else 0.0
     if cfg.name == "adamw":
-        # fused on CUDA: one kernel for all parameters, and no host sync on the step counters
-        params = [p for g in groups for p in g["params"]]
-        fused = True if params and all(p.is_cuda for p in params) else None
+        # fused wherever torch has the kernel (CUDA and CPU): one kernel for all parameters, and the step
+        # counters stay on the parameters' device, so the step never reads one on the host
+        devices = {p.device.type for g in groups for p in g["params"]}
+        fused = True if devices and devices <= FUSED_ADAMW_DEVICES else None
         return torch.optim.AdamW(groups, lr=cfg.base_lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "lars":
-        # lightly's LARS leaves groups with weight_decay 0 (BN, biases) out of the trust-ratio adaptation
-        return LARS(groups, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        # lightly's LARS rule (groups with weight_decay 0, BN and biases, keep out of the trust ratio), sync-free
+        return SyncFreeLARS(groups, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                     trust_coefficient=cfg.lars_eta)
     raise ValueError(f"optim.name: unknown optimiser {cfg.name!r}; valid choices: adamw, sgd, lars")
 
