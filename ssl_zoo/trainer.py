@@ -25,6 +25,7 @@ from ssl_zoo.budget import MEASURE_STEPS, SKIP_STEPS, EvalCost, StepTimer, steps
 from ssl_zoo.checkpoint import CheckpointManager, atomic_write_text, remove_stale_temporaries
 from ssl_zoo.config import ExperimentConfig, to_dict
 from ssl_zoo.data import ResumableSampler, build_dataset, build_loader
+from ssl_zoo.diagnostics import collapse_diagnostics, collapse_warning
 from ssl_zoo.errors import CheckpointError, ConfigError, NonFiniteLossError
 from ssl_zoo.eval.knn import extract_features, knn_eval
 from ssl_zoo.methods.base import Method, build_method
@@ -49,6 +50,16 @@ class TrainResult:
     knn_top1: float | None = None
     signal: int | None = None  # the stop signal this rank received ("interrupted" runs)
     skipped_images: int = 0  # unreadable images replaced by readable ones, all ranks (data.on_bad_image=skip)
+
+
+@dataclass
+class StepOutputs:
+    """One optimizer step's results, on the device until a log step reads them."""
+
+    loss: torch.Tensor  # mean over the micro-batches
+    grad_norm: torch.Tensor  # before clipping
+    views: Views  # the last micro-batch's, for image logging
+    outputs: dict[str, torch.Tensor]  # the last micro-batch's training_step outputs, detached (diagnostics)
 
 
 def init_from_hub(method: Method, spec: str) -> None:
@@ -212,7 +223,7 @@ class Trainer:
             tqdm.write(line)
 
     # ------------------------------------------------------------------ one optimizer step
-    def _forward_backward(self, batch, progress: Progress, last_micro: bool) -> tuple[torch.Tensor, Views]:
+    def _forward_backward(self, batch, progress: Progress, last_micro: bool) -> tuple[dict[str, torch.Tensor], Views]:
         batch = batch.to(self.device)
         views = self.method.views(batch)
         if self.cfg.train.channels_last:
@@ -227,27 +238,26 @@ class Trainer:
                 out = self.model(views, progress)
             loss = out["loss"].float()
             self.scaler.scale(loss / self.cfg.train.accumulate).backward()
-        return loss.detach(), views
+        return {k: v.detach() for k, v in out.items()}, views
 
-    def _gradients(self, micro_batches: list, progress: Progress) -> tuple[torch.Tensor, torch.Tensor, Views]:
-        """Forward/backward over the micro-batches of one step; (mean loss, grad norm, last views), all on
-        the device: nothing here waits for the device."""
+    def _gradients(self, micro_batches: list, progress: Progress) -> StepOutputs:
+        """Forward/backward over the micro-batches of one step, all on the device: nothing here waits for it."""
         loss = torch.zeros((), device=self.device)
         for i, batch in enumerate(micro_batches):
             self.skipped_images += batch.skipped
-            micro_loss, views = self._forward_backward(batch, progress, last_micro=i == len(micro_batches) - 1)
-            loss = loss + micro_loss / len(micro_batches)
+            outputs, views = self._forward_backward(batch, progress, last_micro=i == len(micro_batches) - 1)
+            loss = loss + outputs["loss"].float() / len(micro_batches)
         self.method.after_backward(progress)
         self.scaler.unscale_(self.optimizer)
         grad_norm = clip_gradients(self.params, self.cfg.optim.clip_grad, self.cfg.optim.clip_mode)
-        return loss, grad_norm, views
+        return StepOutputs(loss, grad_norm, views, outputs)
 
     def _check(self, loss: torch.Tensor, grad_norm: torch.Tensor, stop: StopSignal) -> bool:
         """Before the optimizer step: stop with NonFiniteLossError if the loss or gradient norm is NaN/inf on
         any rank (nothing is applied); else whether a stop signal reached any rank. One all-reduce and one
         host sync per optimizer step. Under fp16 an inf gradient is the grad scaler's business (it skips)."""
         finite = torch.isfinite(loss) if self.scaler.is_enabled() else torch.isfinite(loss) & torch.isfinite(grad_norm)
-        flags = torch.stack([(~finite).float(), torch.tensor(float(stop.received is not None), device=self.device)])
+        flags = torch.stack([(~finite).float(), torch.full((), float(stop.received is not None), device=self.device)])
         bad, stopping = dist_utils.any_flags(flags, self.device)
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
@@ -270,17 +280,18 @@ class Trainer:
             with rng_untouched(self.device):
                 logger.images(self.step, self.method.log_images(views))
 
-    def _log(self, logger: MetricsLogger, bar: tqdm, meter: LossMeter, grad_norm: torch.Tensor,
-             progress: Progress) -> None:
+    def _log(self, logger: MetricsLogger, bar: tqdm, meter: LossMeter, step: StepOutputs, progress: Progress) -> None:
         if not (self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps):
             return
         mean_loss, rate = meter.read(self.step, self.global_batch)
         skipped = self._skipped_all_ranks()
         lr, wd = self.schedule.lr(progress.step), self.schedule.weight_decay(progress.step)
+        diagnostics = collapse_diagnostics(step.outputs) if self.dist.is_main else {}
+        self._note(collapse_warning(step.outputs, diagnostics, self.step))
         logger.log(self.step, {"epoch": round(self.step / self.steps_per_epoch, 4), "loss": mean_loss, "lr": lr,
-                               "weight_decay": wd, "img_per_s": rate, "grad_norm": float(grad_norm),
+                               "weight_decay": wd, "img_per_s": rate, "grad_norm": float(step.grad_norm),
                                "skipped_images": skipped,
-                               **self.method.schedule_values(progress)})
+                               **self.method.schedule_values(progress), **diagnostics})
         bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
 
     def _skipped_all_ranks(self) -> int:
@@ -394,14 +405,14 @@ class Trainer:
             for micro_batches in _groups(self.loader, accumulate):
                 progress = Progress(self.step, self.total_steps, epoch, self.steps_per_epoch)
                 self.schedule.apply(self.optimizer, self.step)
-                loss, grad_norm, views = self._gradients(micro_batches, progress)
-                stopping = self._check(loss, grad_norm, stop)
+                step = self._gradients(micro_batches, progress)
+                stopping = self._check(step.loss, step.grad_norm, stop)
                 self._apply(progress)
-                self._log_images(logger, views)
+                self._log_images(logger, step.views)
                 self.step += 1
                 bar.update(1)
-                meter.add(loss)
-                self._log(logger, bar, meter, grad_norm, progress)
+                meter.add(step.loss)
+                self._log(logger, bar, meter, step, progress)
                 self._budget(timer, bar)
                 self._periodic(logger)
                 if stopping:
