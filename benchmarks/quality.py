@@ -1,7 +1,8 @@
-"""Representation quality of every method after a fixed pretraining budget, next to two baselines.
+"""Representation quality of every method at an equal wall-clock budget, next to two baselines.
 
 For every registered method with a `configs/<method>/*_fashion_mnist.yaml`: pretrain that config for
-`--steps` optimiser steps (wall time reported), then measure on Fashion-MNIST's test set
+`--minutes` of wall time (the trainer's `train.time_budget_min`: it times its first steps and plans the
+step count that fits; `--steps` caps it; steps reached are reported), then measure on the test set
 
   k-NN top-1     weighted cosine k-NN (k=20, T=0.07) over L2-normalised frozen features
   linear top-1   logistic regression on the same features, lr x weight-decay picked on a validation
@@ -13,7 +14,7 @@ images. Baselines measured in the same run: the randomly initialised backbone of
 exact starting point of its pretraining, `pretrained=False`), and raw pixels (the 28x28 images
 flattened, as features).
 
-    .venv/bin/python benchmarks/quality.py --steps 300 [--methods simclrv2 mae] [--train-limit 10000]
+    .venv/bin/python benchmarks/quality.py [--minutes 15] [--methods simclrv2 mae] [--train-limit 10000]
 
 Prints the date, machine, commit and budget, then the markdown table (last); writes
 benchmarks/results/quality.json.
@@ -45,6 +46,9 @@ from ssl_zoo.runtime import pick_device  # noqa: E402
 from ssl_zoo.trainer import Trainer  # noqa: E402
 
 
+STEP_CAP = 10**7  # --steps 0: the time budget alone decides
+
+
 def probe(embed, train_set, test_set, device: torch.device, args: argparse.Namespace) -> dict:
     """k-NN and linear-probe top-1 (%) of `embed` features on the first train/test images."""
     tr = extract_features(embed, train_set, device, args.eval_batch, args.train_limit, progress=False)
@@ -71,8 +75,8 @@ def eval_data(data: DataConfig) -> str:
 
 
 def run_method(name: str, config: Path, args: argparse.Namespace, out_dir: str, device: torch.device) -> dict:
-    cfg = load_config(config, [*quiet_overrides(args.steps, out_dir, f"quality_{name}"),
-                               f"train.device={args.device}", *args.set])
+    cfg = load_config(config, [*quiet_overrides(args.steps or STEP_CAP, out_dir, f"quality_{name}"),
+                               f"train.time_budget_min={args.minutes}", f"train.device={args.device}", *args.set])
     trainer = Trainer(cfg, progress_bar=False)
     start = time.perf_counter()
     result = trainer.fit()
@@ -98,22 +102,28 @@ def raw_pixels(device: torch.device, args: argparse.Namespace) -> dict:
 
 def table(rows: list[dict]) -> str:
     header = ["method", "backbone", "eval data", "steps", "pretrain s", "k-NN top-1", "linear top-1",
-              "random-init k-NN", "random-init linear"]
+              "random-init k-NN", "random-init linear", "Δ k-NN", "Δ linear"]
     cells = []
     for r in rows:
         if "error" in r:
-            cells.append([r["method"], f"failed: {r['error'][:80]}", "", "", "", "", "", "", ""])
+            cells.append([r["method"], f"failed: {r['error'][:80]}"] + [""] * (len(header) - 2))
             continue
         p, rnd = r["pretrained"], r.get("random_init")
-        cells.append([r["method"], r["backbone"], r["eval_data"], r["steps"], f"{r['pretrain_s']:.0f}",
-                      f"{p['knn_top1']:.2f}", f"{p['linear_top1']:.2f}", f"{rnd['knn_top1']:.2f}" if rnd else "-",
-                      f"{rnd['linear_top1']:.2f}" if rnd else "-"])
-    return markdown_table(header, cells, right=(3, 4, 5, 6, 7, 8))
+        scores = [f"{p['knn_top1']:.2f}", f"{p['linear_top1']:.2f}"]
+        if rnd:
+            scores += [f"{rnd['knn_top1']:.2f}", f"{rnd['linear_top1']:.2f}",
+                       f"{p['knn_top1'] - rnd['knn_top1']:+.2f}", f"{p['linear_top1'] - rnd['linear_top1']:+.2f}"]
+        else:
+            scores += ["-"] * 4
+        cells.append([r["method"], r["backbone"], r["eval_data"], r["steps"], f"{r['pretrain_s']:.0f}", *scores])
+    return markdown_table(header, cells, right=tuple(range(3, len(header))))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="pretraining steps per method (the fixed budget)")
+    parser.add_argument("--minutes", type=float, default=15.0,
+                        help="wall-clock pretraining budget per method (train.time_budget_min), set-up excluded")
+    parser.add_argument("--steps", type=int, default=0, help="at most this many steps per method (0: no cap)")
     parser.add_argument("--methods", nargs="*", default=None, help="subset of registered methods (default: all)")
     parser.add_argument("--train-limit", type=int, default=10000, help="first N train images for k-NN/probe (0: all)")
     parser.add_argument("--test-limit", type=int, default=10000, help="first N test images (0: all 10000)")
@@ -127,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides (all methods)")
     parser.add_argument("--output", type=Path, default=RESULTS / "quality.json")
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error("--steps must be >= 1")
+    if args.steps < 0 or args.minutes <= 0:
+        parser.error(f"--steps must be >= 0 (got {args.steps}) and --minutes > 0 (got {args.minutes})")
     if args.threads:
         torch.set_num_threads(args.threads)
     configs = discover()
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown methods {unknown}; registered: {registered}")
     device = pick_device(args.device)
-    meta = {**provenance(), "steps": args.steps, "train_limit": args.train_limit, "test_limit": args.test_limit,
+    meta = {**provenance(), "minutes": args.minutes, "steps": args.steps, "train_limit": args.train_limit, "test_limit": args.test_limit,
             "k": args.k, "temperature": args.temperature, "linear_epochs": args.linear_epochs}
     rows = []
     with tempfile.TemporaryDirectory(prefix="ssl_zoo_quality_") as tmp:
@@ -146,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             if name not in configs:
                 rows.append({"method": name, "error": "no configs/<method>/*_fashion_mnist.yaml"})
                 continue
-            log(f"[{name}] {configs[name].relative_to(ROOT)}: {args.steps} steps, then k-NN and linear probe ...")
+            log(f"[{name}] {configs[name].relative_to(ROOT)}: {args.minutes:g} minutes, then k-NN and linear probe ...")
             try:
                 rows.append(run_method(name, configs[name], args, tmp, device))
             except Exception as e:  # one broken method must not hide the others' numbers
@@ -159,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     written = write_json(args.output, {**meta, "results": rows})
     print(describe(meta))
     limits = " / ".join(f"first {n}" if n else "all" for n in (args.train_limit, args.test_limit))
-    print(f"budget: {args.steps} pretraining steps per method (its tiny Fashion-MNIST config; wall time in the table); "
+    cap = f", at most {args.steps} steps" if args.steps else ""
+    print(f"budget: {args.minutes:g} minutes of pretraining per method{cap} (its tiny Fashion-MNIST config; steps "
+          f"reached and wall time in the table); "
           f"evaluation on Fashion-MNIST train / test images: {limits}; k-NN k={args.k}, T={args.temperature}; "
           f"linear probe {args.linear_epochs} epochs, lr x wd picked on a 10% validation split of train")
     print(f"json: {written}\n")

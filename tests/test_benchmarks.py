@@ -86,12 +86,12 @@ def test_vs_lightly_smoke(tmp_path, capsys, one_thread):
 def test_quality_smoke(tmp_path, capsys, one_thread):
     out = tmp_path / "quality.json"
     quality = script("quality")
-    code = quality.main(["--methods", "simclrv2", "--steps", "2", "--train-limit", "64", "--test-limit", "40",
+    code = quality.main(["--methods", "simclrv2", "--minutes", "0.05", "--steps", "2", "--train-limit", "64", "--test-limit", "40",
                          "--linear-epochs", "2", "--output", str(out),
                          "--set", "data.kind=synthetic", "data.synthetic_size=160", "train.batch_size=16"])
     assert code == 0
     result = json.loads(out.read_text())
-    assert result["steps"] == 2 and result["train_limit"] == 64 and result["test_limit"] == 40
+    assert result["minutes"] == 0.05 and result["steps"] == 2 and result["train_limit"] == 64 and result["test_limit"] == 40
     rows = result["results"]
     assert [r["method"] for r in rows] == ["simclrv2", "raw pixels"]
     sim, raw = rows
@@ -103,8 +103,9 @@ def test_quality_smoke(tmp_path, capsys, one_thread):
     assert sim["pretrained"]["train_images"] == 64  # the synthetic train split, limited
     table = table_of(capsys.readouterr().out)
     assert table[0] == ["method", "backbone", "eval data", "steps", "pretrain s", "k-NN top-1", "linear top-1",
-                        "random-init k-NN", "random-init linear"]
+                        "random-init k-NN", "random-init linear", "Δ k-NN", "Δ linear"]
     assert [row[0] for row in table[1:]] == ["simclrv2", "raw pixels"]
+    assert float(table[1][9]) == pytest.approx(sim["pretrained"]["knn_top1"] - sim["random_init"]["knn_top1"], abs=0.01)
     assert table[1][2] == "synthetic" and table[2][2] == "fashion_mnist"
     assert float(table[1][5]) == pytest.approx(sim["pretrained"]["knn_top1"], abs=0.01)
 
