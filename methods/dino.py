@@ -103,7 +103,7 @@ class DINO(SelfDistillation):
         use_bn_in_head: bool = False
         norm_last_layer: bool = True
         student_temp: float = bounded(0.1, 1e-4)
-        teacher_temp: Warmup = field(default_factory=lambda: Warmup(start=0.04, end=0.07, epochs=30))
+        teacher_temp: Warmup = field(default_factory=lambda: Warmup(start=0.04, end=0.07, epochs=30, stairs=30))
         momentum: Cosine = field(default_factory=lambda: Cosine(start=0.996, end=1.0))
         center_momentum: float = bounded(0.9, 0.0, 1.0)
         global_views: list[ViewSpec] = field(default_factory=dino_global_views)

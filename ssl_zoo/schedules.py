@@ -43,17 +43,27 @@ class Cosine:
 
 @dataclass
 class Warmup:
-    """Linear from start to end over `epochs` epochs, then constant (e.g. DINO's teacher temperature)."""
+    """From start to end over `epochs` epochs, then constant (e.g. DINO's teacher temperature).
+
+    `stairs` 0: linear per step (DINOv2's per-iteration schedule). `stairs` n: n equal stairs of
+    `linspace(start, end, n)`, each `epochs / n` long: DINO's official schedule is
+    `linspace(0.04, 0.07, 30)[epoch]`, held for each whole epoch and reaching 0.07 at epoch 29, i.e.
+    `epochs: 30, stairs: 30`; a scaled-down run keeps 30 stairs over its shorter warm-up."""
 
     start: float
     end: float
     epochs: float
+    stairs: int = 0
 
     def __call__(self, progress: Progress) -> float:
         if self.epochs <= 0:
             return self.end
-        t = min(progress.epoch_float / self.epochs, 1.0)
-        return self.start + (self.end - self.start) * t
+        # in steps, not float epochs: a stair starts exactly at its step
+        warmup_steps = self.epochs * max(progress.steps_per_epoch, 1)
+        if self.stairs <= 0:
+            return self.start + (self.end - self.start) * min(progress.step / warmup_steps, 1.0)
+        stair = min(math.floor(progress.step * self.stairs / warmup_steps + 1e-9), self.stairs - 1)
+        return self.start + (self.end - self.start) * stair / max(self.stairs - 1, 1)
 
 
 def warmup_cosine(peak: float, floor: float, warmup_steps: int, total_steps: int, step: int) -> float:

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ from ssl_zoo.experiment import load_config
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.schedules import Progress
 from ssl_zoo.trainer import Trainer
-from tests.conftest import random_images, tiny_config, tiny_method
+from tests.conftest import ROOT, random_images, tiny_config, tiny_method
 
 
 def tiny_dino(tmp_path, **method):
@@ -171,15 +172,17 @@ def test_momentum_schedule_and_ema_update(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(frozen, method.teacher.parameters()))
 
 
-def test_teacher_temperature_warms_up_linearly_then_stays(tmp_path):
+def test_teacher_temperature_follows_the_official_per_epoch_staircase(tmp_path):
+    """main_dino.py: `np.concatenate((np.linspace(0.04, 0.07, 30), np.ones(nepochs - 30) * 0.07))[epoch]`,
+    constant within each epoch; the shipped configs keep the 30 stairs."""
     from ssl_zoo.methods.dino import DINO
 
-    temp = DINO.Config().teacher_temp  # 0.04 -> 0.07 over 30 epochs
-    spe = 100
-    assert temp(progress(0, spe, total=100 * spe)) == pytest.approx(0.04)
-    assert temp(progress(15 * spe, spe, total=100 * spe)) == pytest.approx(0.055)
-    assert temp(progress(30 * spe, spe, total=100 * spe)) == pytest.approx(0.07)
-    assert temp(progress(80 * spe, spe, total=100 * spe)) == pytest.approx(0.07)
+    temp, spe = DINO.Config().teacher_temp, 10
+    official = np.concatenate((np.linspace(0.04, 0.07, 30), np.ones(70) * 0.07))
+    for step in range(0, 100 * spe, 3):
+        assert temp(progress(step, spe, total=100 * spe)) == pytest.approx(official[step // spe], abs=1e-12), step
+    for config in (ROOT / "configs/dino").glob("*.yaml"):
+        assert load_config(config).method.teacher_temp.stairs == 30, config
     method = tiny_dino(tmp_path)  # logged values follow the same schedule
     values = method.schedule_values(progress(0))
     assert values["teacher_temp"] == pytest.approx(0.04) and values["momentum"] == pytest.approx(0.996, abs=1e-6)

@@ -48,3 +48,11 @@ def test_weight_decay_cosine_schedule():
     assert s.weight_decay(100) == pytest.approx(0.4)
     constant = Schedule(OptimConfig(weight_decay=0.05), 1.0, 10, 100)
     assert constant.weight_decay(70) == 0.05
+
+
+def test_warmup_in_stairs_holds_each_value_for_its_stretch():
+    t = Warmup(0.04, 0.07, epochs=3, stairs=3)  # 3 stairs of 1 epoch = 10 steps
+    values = [t(progress(s)) for s in range(40)]
+    assert values[:10] == [pytest.approx(0.04)] * 10
+    assert values[10:20] == [pytest.approx(0.055)] * 10
+    assert values[20:] == [pytest.approx(0.07)] * 20
