@@ -30,10 +30,14 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ssl_zoo.config import load_config
+    from ssl_zoo.config import load_config, per_rank_batch
+    from ssl_zoo.distributed import env_layout
     from ssl_zoo.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.train.global_batch:  # the per-rank batch of this launch's ranks (torchrun or srun), as an override
+        ranks = env_layout().world_size
+        cfg = load_config(args.config, [*args.overrides, f"train.batch_size={per_rank_batch(cfg.train, ranks)}"])
     trainer = Trainer(cfg, progress_bar=not args.no_progress)
     result = trainer.fit()
     if trainer.dist.is_main:
@@ -213,12 +217,14 @@ def _supervised_options(q: argparse.ArgumentParser, batch_size: int, lr_help: st
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from ssl_zoo.launch.profile import load_profile
-    from ssl_zoo.launch.submit import submit
+    from ssl_zoo.launch.submit import plan, queue
 
     profile = load_profile(args.cluster, {"nodes": args.nodes, "gpus_per_node": args.gpus_per_node,
                                           "tasks_per_node": args.tasks_per_node, "partition": args.partition,
                                           "time_min": args.time})
-    submitted = submit(args.config, profile, args.overrides, args.sweep)
+    planned = plan(args.config, profile, args.overrides, args.sweep)
+    print("\n".join(planned.summary()), flush=True)  # before anything is queued
+    submitted = queue(planned)
     for s in submitted:
         print(f"job {s.job_id} ({profile.executor}, profile {profile.name})\n  run dir: {s.run_dir}\n"
               f"  stdout: {s.stdout}\n  stderr: {s.stderr}")
