@@ -1,5 +1,5 @@
 """`ssl-zoo` command line: methods, train, config show, eval knn/linear, finetune, distill, submit, jobs,
-cancel, export, hub."""
+cancel, hub (export, list, info, download, official, import-official; `export` is kept as an alias)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ from pathlib import Path
 
 from ssl_zoo.errors import SslZooError
 
+# Overrides are dotted config keys with YAML values; each command's epilog names only keys that change what it does
 EPILOG = "Overrides are dotted keys with YAML values, e.g. optim.base_lr=0.1 train.max_steps=200 data.path=/data"
+EVAL_EPILOG = ("Overrides are dotted keys with YAML values on the training config stored with the source; what "
+               "changes the evaluation: data.* (e.g. data.path=/data/train data.eval_path=/data/val) and "
+               "eval.batch_size=256")
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -31,10 +35,15 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ssl_zoo.config import per_rank_batch
+    from ssl_zoo.distributed import env_layout
     from ssl_zoo.experiment import load_config
     from ssl_zoo.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.train.global_batch:  # the per-rank batch of this launch's ranks (torchrun or srun), as an override
+        ranks = env_layout().world_size
+        cfg = load_config(args.config, [*args.overrides, f"train.batch_size={per_rank_batch(cfg.train, ranks)}"])
     trainer = Trainer(cfg, progress_bar=not args.no_progress)
     result = trainer.fit()
     if trainer.dist.is_main:
@@ -200,26 +209,31 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+DEVICE_HELP = "where to run: auto (a GPU when there is one), cpu or cuda"
+
+
 def _supervised_options(q: argparse.ArgumentParser, batch_size: int, lr_help: str) -> None:
     q.add_argument("--epochs", type=float, help="training epochs over the (labelled or unlabelled) images")
-    q.add_argument("--batch-size", type=int, default=batch_size, help=f"default {batch_size}")
+    q.add_argument("--batch-size", type=int, default=batch_size, help=f"images per step (default {batch_size})")
     q.add_argument("--lr", type=float, help=lr_help)
     q.add_argument("--crop-scale", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="RandomResizedCrop area range (default 0.08 1.0)")
     q.add_argument("--seed", type=int, help="seed of the label subset, the views and the order (default 0)")
     q.add_argument("--test-limit", type=int, help="score only the first N test images (default: all)")
     q.add_argument("--hub", help="hub folder or URL for hub names (default $SSL_ZOO_HUB)")
-    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from ssl_zoo.launch.profile import load_profile
-    from ssl_zoo.launch.submit import submit
+    from ssl_zoo.launch.submit import plan, queue
 
     profile = load_profile(args.cluster, {"nodes": args.nodes, "gpus_per_node": args.gpus_per_node,
                                           "tasks_per_node": args.tasks_per_node, "partition": args.partition,
                                           "time_min": args.time})
-    submitted = submit(args.config, profile, args.overrides, args.sweep)
+    planned = plan(args.config, profile, args.overrides, args.sweep)
+    print("\n".join(planned.summary()), flush=True)  # before anything is queued
+    submitted = queue(planned)
     for s in submitted:
         print(f"job {s.job_id} ({profile.executor}, profile {profile.name})\n  run dir: {s.run_dir}\n"
               f"  stdout: {s.stdout}\n  stderr: {s.stderr}")
@@ -255,6 +269,22 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_HELP = "export a run's backbone into a hub folder (safetensors + timm config + card)"
+
+
+def _export_parser(sub, name: str, help_text: str) -> None:
+    """`hub export`, and the top-level `export` kept as its alias."""
+    p = sub.add_parser(name, help=help_text, description=EXPORT_HELP,
+                       epilog="A hub folder is served as is: copy it to any static file server, or upload a model "
+                       "folder to the Hugging Face Hub with its CLI (`hf auth login`, then `hf upload ORG/NAME HUB/NAME .`) and "
+                       "load it as hf-hub:ORG/NAME.")
+    p.add_argument("source", help="run directory or checkpoint file (.pt)")
+    p.add_argument("--name", required=True, help="model name in the hub (letters, digits, . _ -)")
+    p.add_argument("--hub", required=True, help="hub folder; created if missing, index.json updated")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
+    p.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-zoo", description="Self-supervised vision pretraining zoo.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -272,38 +302,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="inspect configs")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     q = csub.add_parser("show", help="print the resolved config (paper defaults + file + overrides)", epilog=EPILOG)
-    q.add_argument("config")
-    q.add_argument("overrides", nargs="*")
+    q.add_argument("config", help="YAML experiment, e.g. configs/dino/vit_small_imagenet.yaml")
+    q.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     q.set_defaults(func=cmd_config_show)
 
     p = sub.add_parser("eval", help="evaluate a trained backbone")
     esub = p.add_subparsers(dest="eval_command", required=True, metavar="SUBCOMMAND")
-    q = esub.add_parser("knn", help="weighted cosine k-NN top-1 on the run's labelled test split", epilog=EPILOG)
+    q = esub.add_parser("knn", help="weighted cosine k-NN top-1 on the run's labelled test split", epilog=EVAL_EPILOG)
     q.add_argument("source", help="run directory, checkpoint file (.pt), or hub model (name, folder, URL, hf-hub:)")
     q.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
     q.add_argument("--hub", help="hub folder or URL for hub names (default $SSL_ZOO_HUB)")
-    q.add_argument("--k", type=int, default=20)
-    q.add_argument("--temperature", type=float, default=0.07)
-    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    q.add_argument("--k", type=int, default=20, help="neighbours that vote (default 20)")
+    q.add_argument("--temperature", type=float, default=0.07,
+                   help="T of the exp(cosine / T) vote weights (default 0.07)")
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     q.set_defaults(func=cmd_eval_knn)
     q = esub.add_parser("linear", help="linear probe on frozen features (lr x wd sweep on a validation split)",
-                        epilog=EPILOG)
+                        epilog=EVAL_EPILOG)
     q.add_argument("source", help="run directory, checkpoint file (.pt), or hub model (name, folder, URL, hf-hub:)")
     q.add_argument("overrides", nargs="*", help="config overrides, e.g. data.path=...")
     q.add_argument("--hub", help="hub folder or URL for hub names (default $SSL_ZOO_HUB)")
-    q.add_argument("--epochs", type=int, default=30)
+    q.add_argument("--epochs", type=int, default=30, help="epochs of each logistic-regression fit (default 30)")
     q.add_argument("--lr", type=float, nargs="+", default=[1e-3, 1e-2], help="AdamW learning rates to try")
     q.add_argument("--wd", type=float, nargs="+", default=[0.0, 1e-4, 1e-2], help="weight decays to try")
     q.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out to pick lr/wd")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="seed of the validation split and the fits (default 0)")
     q.add_argument("--train-limit", type=int, default=0, help="probe on the first N train images (default: all)")
     q.add_argument("--test-limit", type=int, default=0, help="score the first N test images (default: all)")
     q.add_argument("--from-scratch", action="store_true", help="probe the same network with random weights")
-    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     q.set_defaults(func=cmd_eval_linear)
 
     p = sub.add_parser("finetune", help="SimCLRv2 step 2: fine-tune on a class-balanced fraction of the labels",
-                       epilog=EPILOG + ". SimCLRv2 runs fine-tune from the first projection-head layer; other "
+                       epilog=EVAL_EPILOG + ". SimCLRv2 runs fine-tune from the first projection-head layer; other "
                        "methods and hub models from the backbone. Defaults: momentum SGD at lr 0.005 x sqrt(batch), "
                        "no weight decay, 60 epochs for <= 1% of the labels, 30 otherwise.")
     p.add_argument("source", help="run directory, checkpoint file (.pt), or hub model (name, folder, URL, hf-hub:)")
@@ -327,8 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("submit", help="submit training through submitit (SLURM, or local/debug on this machine)",
-                       epilog=EPILOG + ". Profiles: slurm/<name>.yaml or a path; built in: local, debug.")
-    p.add_argument("config")
+                       epilog=EPILOG + ". Before queueing it prints world size, global batch, peak lr and data "
+                       "paths; train.global_batch keeps the global batch fixed as --nodes changes. Profiles: "
+                       "slurm/<name>.yaml (copy slurm/example.yaml) or a path; built in: local, debug.")
+    p.add_argument("config", help="YAML experiment, e.g. configs/dino/vit_small_imagenet.yaml")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides for every job")
     p.add_argument("--cluster", required=True, metavar="PROFILE",
                    help="slurm/<PROFILE>.yaml, a profile path, 'local' (subprocesses) or 'debug' (in-process)")
@@ -352,15 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs", help="where to look up job ids (default runs/)")
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("export", help="export a run's backbone into a hub folder (safetensors + timm config + card)")
-    p.add_argument("source", help="run directory or checkpoint file (.pt)")
-    p.add_argument("--name", required=True, help="model name in the hub (letters, digits, . _ -)")
-    p.add_argument("--hub", required=True, help="hub folder; created if missing, index.json updated")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
-    p.set_defaults(func=cmd_export)
+    _export_parser(sub, "export", "the same as `ssl-zoo hub export`")
 
-    p = sub.add_parser("hub", help="list, inspect and download hub models")
+    p = sub.add_parser("hub", help="export, list, inspect, download and import hub models")
     hsub = p.add_subparsers(dest="hub_command", required=True, metavar="SUBCOMMAND")
+    _export_parser(hsub, "export", EXPORT_HELP)
     hub_help = "hub folder or URL (file://, http(s)://); default $SSL_ZOO_HUB"
     cache_help = "download cache; default $SSL_ZOO_CACHE or ~/.cache/ssl_zoo"
     q = hsub.add_parser("list", help="table of the hub's models")

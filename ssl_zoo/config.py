@@ -110,6 +110,9 @@ class TrainConfig:
     # within this many minutes (epochs / max_steps stay the upper limit); see ssl_zoo/budget.py
     time_budget_min: float = bounded(0.0, 0.0)
     batch_size: int = bounded(256, 1)  # per rank, per optimizer step (before accumulation split)
+    # > 0: the global batch stays this as the rank count changes: batch_size = global_batch / ranks, set by
+    # `ssl-zoo submit` and `ssl-zoo train` (per_rank_batch), so adding nodes does not change the recipe
+    global_batch: int = bounded(0, 0)
     accumulate: int = bounded(1, 1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -368,6 +371,16 @@ def build_config(raw: dict, method_config: type, *, optim_defaults: OptimConfig,
         train=build_dataclass(TrainConfig, train_raw, "train"),
         eval=build_dataclass(EvalConfig, section("eval", EvalConfig), "eval"),
     )
+
+
+def per_rank_batch(train: TrainConfig, ranks: int) -> int:
+    """The per-rank batch of `ranks` ranks: train.global_batch / ranks when it is set, else train.batch_size."""
+    if not train.global_batch:
+        return train.batch_size
+    if train.global_batch % ranks:
+        raise ConfigError(f"train.global_batch={train.global_batch} does not divide into {ranks} ranks; "
+                          f"use a rank count that divides it, or train.global_batch=0 to set train.batch_size per rank")
+    return train.global_batch // ranks
 
 
 def to_dict(cfg: Any) -> Any:

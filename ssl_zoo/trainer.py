@@ -23,7 +23,7 @@ from ssl_zoo import distributed as dist_utils
 from ssl_zoo.augment import Views
 from ssl_zoo.budget import MEASURE_STEPS, SKIP_STEPS, EvalCost, StepTimer, steps_within_budget
 from ssl_zoo.checkpoint import CheckpointManager, atomic_write_text, remove_stale_temporaries
-from ssl_zoo.config import ExperimentConfig, to_dict
+from ssl_zoo.config import ExperimentConfig, per_rank_batch, to_dict
 from ssl_zoo.data import ResumableSampler, build_dataset, build_loader
 from ssl_zoo.diagnostics import collapse_diagnostics, collapse_warning
 from ssl_zoo.errors import CheckpointError, ConfigError, NonFiniteLossError
@@ -62,6 +62,15 @@ class StepOutputs:
     outputs: dict[str, torch.Tensor]  # the last micro-batch's training_step outputs, detached (diagnostics)
 
 
+def _check_global_batch(train, world_size: int) -> None:
+    """train.global_batch is a promise about the recipe: refuse a per-rank batch that breaks it (a Trainer
+    built in Python, not through `ssl-zoo train`/`submit`, which set batch_size from it)."""
+    if train.global_batch and train.batch_size * world_size != train.global_batch:
+        raise ConfigError(f"train.global_batch={train.global_batch} but train.batch_size={train.batch_size} x "
+                          f"{world_size} rank(s) = {train.batch_size * world_size}; set "
+                          f"train.batch_size={per_rank_batch(train, world_size)} (ssl-zoo train and submit do)")
+
+
 def init_from_hub(method: Method, spec: str) -> None:
     """model.init_from: the backbone weights of a hub model (sha256-verified, safetensors) loaded
     into every copy of the method's backbone, before training starts (a resume then overrides them)."""
@@ -84,6 +93,7 @@ class Trainer:
         self.progress_bar = progress_bar
         device_hint = pick_device(cfg.train.device)
         self.dist = dist_utils.init_distributed(device_hint.type)
+        _check_global_batch(cfg.train, self.dist.world_size)
         self.device = pick_device(cfg.train.device, self.dist.local_rank)
         if self.device.type == "cuda":
             configure_cuda()

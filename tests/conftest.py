@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +19,51 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # oversubscribing them; a single pytest process uses up to 2
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
+
+# The `slurm` tests need the real local cluster (slurm/local-cluster.sh), and starting it needs root: it
+# installs Debian packages and rewrites /etc/slurm/slurm.conf. SSL_ZOO_SLURM_TESTS says what to do:
+# auto (default): run them as root or when the cluster is already up, else skip them and say so once;
+# require (CI): always run them, so a cluster that cannot start fails the run instead of skipping;
+# skip: never run them (and `make test` leaves the machine's SLURM alone).
+SLURM_MODES = ("auto", "require", "skip")
+SLURM_SKIPPED = "SLURM tests skipped"
+SLURM_HOW_TO = ("run them as root (`sudo make test`: it starts the local cluster with slurm/local-cluster.sh up), "
+                "or start the cluster once (`sudo slurm/local-cluster.sh up`) and rerun `make test`")
+
+
+def slurm_skip_reason(mode: str, is_root: bool, cluster_up) -> str | None:
+    """Why the `slurm` tests are skipped (None: they run). `cluster_up` is called only when it matters."""
+    if mode not in SLURM_MODES:
+        raise pytest.UsageError(f"SSL_ZOO_SLURM_TESTS={mode!r}; valid: {', '.join(SLURM_MODES)}")
+    if mode == "skip":
+        return f"{SLURM_SKIPPED}: SSL_ZOO_SLURM_TESTS=skip"
+    if mode == "require" or is_root or cluster_up():
+        return None
+    return f"{SLURM_SKIPPED}: not root and the local SLURM cluster is not running"
+
+
+def _local_cluster_up() -> bool:
+    status = subprocess.run([str(ROOT / "slurm/local-cluster.sh"), "status"], capture_output=True, timeout=60)
+    return status.returncode == 0
+
+
+def pytest_collection_modifyitems(config, items):
+    slurm_items = [item for item in items if item.get_closest_marker("slurm")]
+    if not slurm_items:
+        return
+    reason = slurm_skip_reason(os.environ.get("SSL_ZOO_SLURM_TESTS", "auto"), os.geteuid() == 0, _local_cluster_up)
+    if reason:
+        for item in slurm_items:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line for all skipped SLURM tests (in the xdist controller too), with how to run them."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if isinstance(r.longrepr, tuple) and SLURM_SKIPPED in str(r.longrepr[-1])]
+    if skipped:
+        reason = str(skipped[0].longrepr[-1]).removeprefix("Skipped: ")
+        terminalreporter.write_line(f"{len(skipped)} {reason}. To run them: {SLURM_HOW_TO}.")
 
 TINY_VIEW = {"size": 28, "scale": [0.3, 1.0], "interpolation": "bilinear", "jitter": [0.4, 0.4, 0.0, 0.0],
              "gray_p": 0.0, "blur_p": 0.0}

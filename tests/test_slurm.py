@@ -183,7 +183,8 @@ def test_submit_tiny_fashion_mnist_run_completes(slurm_cluster, tmp_path, capsys
     path.write_text(yaml.safe_dump(cfg))
     assert cli_main(["submit", str(path), "--cluster", "localhost", "--wait"]) == 0
     out = capsys.readouterr().out
-    job_id = out.split()[1]
+    assert out.startswith("run simclrv2_test\n  world size 1, global batch 32 (32 per rank; train.batch_size x ranks)")
+    job_id = next(line.split()[1] for line in out.splitlines() if line.startswith("job "))
     run_dir = tmp_path / "runs/simclrv2_test"
     assert f"run dir: {run_dir}" in out and "stdout: " in out
     assert (run_dir / "checkpoints/last.pt").is_file() and (run_dir / "metrics.jsonl").is_file()

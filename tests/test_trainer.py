@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from ssl_zoo.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from ssl_zoo.errors import ConfigError
 from ssl_zoo.experiment import load_config
 from ssl_zoo.trainer import NonFiniteLossError, Trainer
 from tests.conftest import (ROOT, assert_same_weights, assert_stop_and_resume_matches_straight_run,
@@ -343,3 +344,11 @@ def test_resume_past_a_cut_short_metrics_line_without_duplicated_steps(tmp_path,
     assert result.step == 4
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_a_batch_size_that_breaks_the_global_batch_is_refused_before_anything_is_built(tmp_path):
+    cfg = load_config(tiny_config("simclrv2", tmp_path), ["train.global_batch=64", "train.batch_size=16"])
+    with pytest.raises(ConfigError, match=r"^train.global_batch=64 but train.batch_size=16 x 1 rank\(s\) = 16; "
+                                          r"set train.batch_size=64"):
+        Trainer(cfg)
+    assert not (tmp_path / "runs").exists()

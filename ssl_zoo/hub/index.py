@@ -77,7 +77,7 @@ def read_local_index(root: Path, missing_ok: bool = False) -> dict:
     if not path.is_file():
         if missing_ok:
             return {"format": INDEX_FORMAT, "models": {}}
-        raise HubError(f"no {INDEX_FILE} in hub {root} (export a model into it first: ssl-zoo export ... --hub {root})")
+        raise HubError(f"no {INDEX_FILE} in hub {root} (export a model into it first: ssl-zoo hub export ... --hub {root})")
     return parse_index(path.read_text(), str(path))
 
 

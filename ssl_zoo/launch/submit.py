@@ -1,5 +1,8 @@
 """Submit training runs through submitit: one job, or a job array over a sweep's product.
 
+`plan` builds and checks every job's config (nothing is queued when one is invalid) and `queue` submits it;
+the CLI prints the plan's summary in between.
+
 Every submission appends one line to `jobs.jsonl` in its run directory (job id, executor, log paths,
 submit time), so a resubmission into the same run directory adds to the record instead of replacing
 it; `ssl-zoo jobs` and `ssl-zoo cancel` read it.
@@ -16,9 +19,10 @@ from pathlib import Path
 
 import submitit
 
-from ssl_zoo.config import ConfigError, ExperimentConfig, to_dict
+from ssl_zoo.config import ConfigError, ExperimentConfig, per_rank_batch, to_dict
 from ssl_zoo.experiment import load_config
 from ssl_zoo.launch.job import TrainJob
+from ssl_zoo.launch.preflight import check_data_paths, summary
 from ssl_zoo.launch.profile import ClusterProfile
 
 JOBS_FILE = "jobs.jsonl"  # append-only: one JSON line per submission
@@ -84,34 +88,77 @@ def _record(run_dir: Path, job: submitit.Job, profile: ClusterProfile, overrides
         f.write(json.dumps(record) + "\n")
 
 
-def _resolved(config: str, overrides: list[str], name: str | None, profile: ClusterProfile) -> ExperimentConfig:
-    cfg = load_config(config, overrides + ([f"train.name={name}"] if name else []))
-    if profile.gpus_per_node and cfg.train.device == "auto":
-        cfg.train.device = "cuda"
+def world_size(profile: ClusterProfile) -> int:
+    """Ranks of one job: the debug executor runs one task in this process, the local one runs on one node."""
+    if profile.executor == "debug":
+        return 1
+    return (1 if profile.executor == "local" else profile.nodes) * profile.ranks_per_node
+
+
+def resolve(config: str, overrides: list[str], profile: ClusterProfile) -> ExperimentConfig:
+    """The config a job of `profile` runs, built once from the file and overrides: on GPU profiles an `auto`
+    device is cuda, and train.global_batch sets the per-rank batch for the profile's ranks (both as overrides,
+    so the config is never changed after it is built)."""
+    first = load_config(config, overrides)
+    derived = []
+    if profile.gpus_per_node and first.train.device == "auto":
+        derived.append("train.device=cuda")
+    if first.train.global_batch:
+        derived.append(f"train.batch_size={per_rank_batch(first.train, world_size(profile))}")
+    cfg = load_config(config, overrides + derived) if derived else first
+    check_data_paths(cfg)
     return cfg
 
 
-def submit(config: str, profile: ClusterProfile, overrides: list[str], sweeps: list[str] | None = None) -> list[Submitted]:
-    """Validate every config first (a bad value fails here, not in the queue), then submit."""
+@dataclass
+class Plan:
+    """Everything a submission will queue, validated: one (config, overrides) per job and where submitit writes."""
+
+    profile: ClusterProfile
+    jobs: list[tuple[ExperimentConfig, list[str]]]
+    folder: Path
+    job_name: str
+
+    def summary(self) -> list[str]:
+        """What the user sees before queueing: per job its ranks, batch, lr and data (sweeps: each element)."""
+        lines = []
+        for cfg, overrides in self.jobs:
+            head = f"run {cfg.train.name}" + (f" ({' '.join(overrides)})" if len(self.jobs) > 1 else "")
+            lines += [head, *(f"  {line}" for line in summary(cfg, world_size(self.profile)))]
+        return lines
+
+
+def plan(config: str, profile: ClusterProfile, overrides: list[str], sweeps: list[str] | None = None) -> Plan:
+    """Validate every config of the submission (a bad value or an empty data path fails here, not in the queue)."""
     combos = sweep_product(sweeps or [])
     base = load_config(config, overrides)
     if len(combos) == 1:
-        cfgs = [(_resolved(config, overrides + combos[0], None, profile), combos[0])]
-        folder = Path(cfgs[0][0].train.output_dir) / cfgs[0][0].train.name / "submitit"
+        jobs = [(resolve(config, overrides, profile), overrides)]
+        folder = Path(jobs[0][0].train.output_dir) / jobs[0][0].train.name / "submitit"
     else:
-        cfgs = [(_resolved(config, overrides + combo, f"{base.train.name}/{i:03d}_{_slug(combo)}", profile), combo)
-                for i, combo in enumerate(combos)]
+        jobs = [(resolve(config, overrides + combo + [f"train.name={base.train.name}/{i:03d}_{_slug(combo)}"],
+                         profile), overrides + combo) for i, combo in enumerate(combos)]
         folder = Path(base.train.output_dir) / base.train.name / "submitit"
-    executor = make_executor(profile, folder, base.train.name)
-    jobs_fns = [TrainJob(to_dict(cfg), profile.max_requeues) for cfg, _ in cfgs]
-    if len(jobs_fns) == 1:
-        jobs = [executor.submit(jobs_fns[0])]
+    return Plan(profile, jobs, folder, base.train.name)
+
+
+def queue(plan: Plan) -> list[Submitted]:
+    """Submit a validated plan: one job, or one job array for a sweep; each run directory records its job."""
+    executor = make_executor(plan.profile, plan.folder, plan.job_name)
+    fns = [TrainJob(to_dict(cfg), plan.profile.max_requeues) for cfg, _ in plan.jobs]
+    if len(fns) == 1:
+        jobs = [executor.submit(fns[0])]
     else:
         with executor.batch():
-            jobs = [executor.submit(fn) for fn in jobs_fns]
+            jobs = [executor.submit(fn) for fn in fns]
     submitted = []
-    for job, (cfg, combo) in zip(jobs, cfgs):
+    for job, (cfg, overrides) in zip(jobs, plan.jobs):
         run_dir = Path(cfg.train.output_dir) / cfg.train.name
-        _record(run_dir, job, profile, overrides + combo)
+        _record(run_dir, job, plan.profile, overrides)
         submitted.append(Submitted(str(job.job_id), run_dir, job.paths.stdout, job.paths.stderr, job))
     return submitted
+
+
+def submit(config: str, profile: ClusterProfile, overrides: list[str], sweeps: list[str] | None = None) -> list[Submitted]:
+    """plan() then queue(): nothing is queued unless every job's config is valid."""
+    return queue(plan(config, profile, overrides, sweeps))
