@@ -102,7 +102,8 @@ def submit(config: str, profile: ClusterProfile, overrides: list[str], sweeps: l
                 for i, combo in enumerate(combos)]
         folder = Path(base.train.output_dir) / base.train.name / "submitit"
     executor = make_executor(profile, folder, base.train.name)
-    jobs_fns = [TrainJob(to_dict(cfg), profile.max_requeues) for cfg, _ in cfgs]
+    jobs_fns = [TrainJob(to_dict(cfg), profile.max_requeues, profile.requeue_on_sigterm)
+                for cfg, _ in cfgs]
     if len(jobs_fns) == 1:
         jobs = [executor.submit(jobs_fns[0])]
     else:
