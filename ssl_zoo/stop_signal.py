@@ -9,8 +9,9 @@ import signal
 class StopSignal:
     """SIGTERM/SIGUSR1/SIGUSR2 set a flag; the loop checkpoints and exits at the next step boundary.
 
-    SIGUSR2 is SLURM's (submitit's) warning before a time limit or preemption: the launcher
-    requeues the job after the checkpoint (ssl_zoo.launch).
+    SIGUSR2 is SLURM's (submitit's) warning before a time limit, SIGTERM what SLURM sends on preemption
+    (and on scancel): the launcher requeues the job after the checkpoint (ssl_zoo.launch.job; SIGTERM per
+    the profile's requeue_on_sigterm, and not after a scancel). SIGUSR1 only stops: NCCL may use it.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)

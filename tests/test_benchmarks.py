@@ -140,3 +140,38 @@ def test_scaling_smoke(tmp_path, capsys, one_thread):
     table = table_of(capsys.readouterr().out)
     assert table[0] == ["measure", "ranks", "image size", "batch / rank", "step s", "img/s", "scaling"]
     assert len(table) == 1 + len(rows)
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_runs_the_same_path_on_the_cpu(tmp_path, capsys, one_thread):
+    out = tmp_path / "gpu.json"
+    gpu = script("gpu_check")
+    assert gpu.main(["--dry", "--methods", "mae", "simclrv2", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["dry"] is True and (result["steps"], result["warmup"]) == (2, 1)
+    assert result["peak_flop_s"] == gpu.H200_BF16_DENSE_PEAK
+    mae, sim = result["results"]
+    assert (mae["method"], sim["method"]) == ("mae", "simclrv2")
+    for r in (mae, sim):
+        assert r["device"] == "cpu" and r["batch_size"] == 8 and len(r["step_s"]) == 2
+        assert r["img_s"] == pytest.approx(8 / statistics.median(r["step_s"]))
+        assert 0 < r["views_share"] < 1
+        assert r["peak_memory_gib"] is None and r["syncs_per_step"] is None  # CUDA counters
+    # MFU: the counted FLOPs of one step at the measured speed, against the named H200 peak. The tiny MAE
+    # (ViT-Tiny, 28 px, 4 px patches: 49 patches, 12 visible + CLS) does at least its encoder's linear layers:
+    # 13 tokens x 12 blocks x 12 d^2 (qkv, proj, 2 MLP) x 2 (multiply-add) x 3 (fwd + 2 x bwd) per image
+    assert mae["step_flops"] > 8 * 13 * 12 * 12 * 192**2 * 2 * 3
+    assert mae["mfu"] == pytest.approx(mae["step_flops"] / statistics.median(mae["step_s"]) / gpu.H200_BF16_DENSE_PEAK)
+    assert "mfu" not in sim
+    table = table_of(capsys.readouterr().out)
+    assert table[0] == ["method", "backbone", "load size", "batch", "device", "img/s", "peak memory GiB",
+                        "syncs / step", "views share", "MFU"]
+    assert table[1][:5] == ["mae", "vit_tiny_patch16_224", "28", "8", "cpu"] and table[1][6:8] == ["-", "-"]
+    assert table[1][9].startswith(f"{100 * mae['mfu']:.1f}%") and table[2][9] == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_without_cuda_asks_for_dry(capsys):
+    with pytest.raises(SystemExit):
+        script("gpu_check").main([])
+    assert "no CUDA device here: run with --dry" in capsys.readouterr().err

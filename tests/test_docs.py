@@ -26,8 +26,6 @@ def test_every_test_the_reliability_table_names_exists():
 README = ROOT / "README.md"
 DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 COMMAND_DOCS = [README, ROOT / "docs/commands.md", ROOT / "docs/hub.md"]  # their ```bash blocks are commands
-# written by the SLURM preemption change of the same issue, on another branch
-LINKED_FROM_ELSEWHERE = {ROOT / "docs/slurm.md"}
 
 
 def test_readme_is_a_user_guide_in_the_expected_order():
@@ -59,7 +57,7 @@ def test_docs_link_and_name_only_files_in_the_repository():
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[\w-]+)?\)", text):
             if not target.startswith(("http://", "https://")):
                 path = (doc.parent / target).resolve()
-                if not path.exists() and path not in LINKED_FROM_ELSEWHERE:
+                if not path.exists():
                     missing.append(f"{doc.name}: {target}")
         for named in re.findall(r"`((?:configs|slurm|docs|tests|benchmarks|ssl_zoo|methods|backbones)/[\w./-]+)`",
                                 text):

@@ -1,4 +1,5 @@
-"""Multi-band (multispectral) images: `.npy` / `.npz` always, GeoTIFF through tifffile or rasterio.
+"""Multi-band (multispectral) images: `.npy` / `.npz` and GeoTIFF (tifffile, a dependency; rasterio if tifffile
+is missing).
 
 Layout: a folder of files (class sub-folders: labelled; flat: unlabeled), each one image with its
 bands FIRST, (bands, H, W) as rasterio reads GeoTIFFs (a 2-D array is one band). In the workers
@@ -11,7 +12,9 @@ estimated from up to 256 evenly spaced files of the
 training folder (`folder_band_statistics`; a warning prints them to pin).
 
 `synthetic_multispectral`: labelled test images whose bands share a spatial pattern and differ by a
-per-class spectral curve, so bands predict one another as in real reflectance data.
+per-class spectral curve, so bands predict one another as in real reflectance data. Its classes differ by
+spectrum alone (any feature separates them): to measure what a method learns, use the Fashion-MNIST-derived
+set written by `ssl_zoo.data.make_multispectral`, whose spectra are independent of the class.
 """
 
 from __future__ import annotations
@@ -40,9 +43,12 @@ def _read_tiff(path: Path) -> np.ndarray:
     except ImportError:
         tifffile = None
     if tifffile is not None:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            arr, axes = series.asarray(), series.axes
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                arr, axes = series.asarray(), series.axes
+        except tifffile.TiffFileError as e:  # a ValueError in recent tifffile, a bare Exception in older ones
+            raise ValueError(f"not a readable TIFF: {e}") from e
         band_axis = next((axes.index(a) for a in "SC" if a in axes), None)
         return np.moveaxis(arr, band_axis, 0) if band_axis is not None else arr
     try:
@@ -122,9 +128,17 @@ def band_statistics(files: list[Path], bands: list[int], limit: int = 256) -> tu
     return mean.tolist(), std.tolist()
 
 
+def require_folder(path: str) -> None:
+    """A missing folder is a DataError that says how to write a labelled multispectral set to try the zoo on."""
+    if not Path(path).exists():
+        raise DataError(f"data.path does not exist: {path} (`python -m ssl_zoo.data.make_multispectral OUT` writes "
+                        "a labelled Fashion-MNIST-derived set: OUT/npy/train, OUT/npy/test)")
+
+
 def folder_band_statistics(path: str, bands: list[int]) -> tuple[list[float], list[float]]:
     """`band_statistics` of the training folder (train and eval sets both normalise with these), warned
     about so the user can pin them in data.band_mean / data.band_std."""
+    require_folder(path)
     files, _, _ = _scan(Path(path), MULTISPECTRAL_EXTENSIONS)
     mean, std = band_statistics(files, bands)
     warnings.warn(f"data.band_mean/band_std not set; estimated from {path}: "
@@ -139,6 +153,7 @@ class MultispectralFolder(ImageFolder):
 
     def __init__(self, path: str, load_size: int, channels: int, bands: list[int], band_mean: list[float],
                  band_std: list[float], on_bad_image: str = "skip") -> None:
+        require_folder(path)
         super().__init__(path, load_size, channels, on_bad_image)
         self.bands = list(bands)
         if len(band_mean) != channels:

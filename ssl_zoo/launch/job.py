@@ -1,10 +1,23 @@
 """The callable submitit runs on every task: one rank of a training run, requeued on SLURM's warning.
 
 Rank layout and the rendezvous address come from submitit's JobEnvironment and are handed to the
-trainer as torchrun-style variables. On SIGUSR2 (time limit or preemption) the trainer writes its
-checkpoint at the next step boundary; rank 0 then gives the signal to submitit's own handler,
-which calls `checkpoint()` (a fresh job on the same run directory) and requeues the job. The
-requeued job resumes from that checkpoint: same step, same data position.
+trainer as torchrun-style variables. On SIGUSR2 (`--signal=USR2@signal_delay_s` before the time limit,
+or a preemption where the site sends it) and, with the profile's `requeue_on_sigterm` (default), on
+SIGTERM (what SLURM sends on preemption), the trainer writes its checkpoint at the next step boundary;
+rank 0 then calls submitit's own USR2 handler, which calls `checkpoint()` (a fresh job on the same run
+directory) and requeues the job. The requeued job resumes from that checkpoint: same step, same data
+position.
+
+Why the signals go through the trainer and not straight to submitit: submitit's handlers (installed
+before this callable runs, submitit/core/job_environment.py) requeue on USR2 at once, from inside
+whatever the process is doing (mid-step, mid-collective on one rank only), and merely log SIGTERM
+("bypass"): SIGTERM also arrives on `scancel` and, after submitit's own `scontrol requeue`, at the
+old job's end, so submitit cannot requeue on it. Here `StopSignal` replaces both handlers while
+training, every rank stops at the same step boundary (the flag is all-reduced), the checkpoint is
+written, and only then is submitit's handler called by hand. For SIGTERM the scheduler is first asked
+whether the job is being preempted or cancelled (ssl_zoo.launch.preemption), so a user's scancel
+still ends the job. After `fit()` submitit's handlers are back, so the SIGTERM that follows a requeue is
+only logged.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from ssl_zoo.checkpoint import atomic_write_json, atomic_write_text
 from ssl_zoo.experiment import load_config
 from ssl_zoo.distributed import rendezvous_port
 from ssl_zoo.errors import RunDirBusyError
+from ssl_zoo.launch.preemption import requeue_after_sigterm
 
 
 def rendezvous_env(env: submitit.JobEnvironment) -> dict[str, str]:
@@ -57,9 +71,10 @@ def weights_digest(module: torch.nn.Module) -> str:
 class TrainJob:
     """Train `config` (a resolved config as plain data) under submitit; resumable by construction."""
 
-    def __init__(self, config: dict, max_requeues: int = 3) -> None:
+    def __init__(self, config: dict, max_requeues: int = 3, requeue_on_sigterm: bool = True) -> None:
         self.config = config
         self.max_requeues = max_requeues
+        self.requeue_on_sigterm = requeue_on_sigterm
 
     def __call__(self) -> dict:
         from ssl_zoo.trainer import Trainer
@@ -96,17 +111,33 @@ class TrainJob:
             if main:
                 write_status(run_dir, job_id, "COMPLETED", exit_code=0, **summary)
             return summary
-        handler = signal.getsignal(signal.SIGUSR2)  # submitit's: checkpoint() -> requeue -> exit
-        if main and result.signal == signal.SIGUSR2 and callable(handler) and restarts < self.max_requeues:
-            write_status(run_dir, job_id, "REQUEUED", **summary)
-            handler(signal.SIGUSR2, None)
         if main:
-            reason = (f"{restarts} requeues used (max_requeues={self.max_requeues})"
-                      if result.signal == signal.SIGUSR2 else f"signal {result.signal}")
+            requeue, reason = self.requeue_verdict(env, result.signal, restarts)
+            handler = signal.getsignal(signal.SIGUSR2)  # submitit's: checkpoint() -> requeue -> exit
+            if requeue and not callable(handler):
+                requeue, reason = False, f"{reason}, but no submitit handler to requeue with"
+            if requeue:
+                print(f"requeued: {reason}", flush=True)
+                write_status(run_dir, job_id, "REQUEUED", **summary)
+                handler(result.signal, None)
             print(f"not requeued ({reason}); the checkpoint at step {result.step} is kept", flush=True)
             write_status(run_dir, job_id, "INTERRUPTED", **summary)
         return summary
 
+    def requeue_verdict(self, env: submitit.JobEnvironment, received: int | None, restarts: int) -> tuple[bool, str]:
+        """(requeue?, why) for a run stopped by signal `received`."""
+        if received == signal.SIGTERM and not self.requeue_on_sigterm:
+            return False, "SIGTERM, and the profile sets requeue_on_sigterm: false"
+        if received not in (signal.SIGUSR2, signal.SIGTERM):
+            return False, f"signal {received} is not a requeue signal (SIGUSR2, SIGTERM)"
+        if restarts >= self.max_requeues:
+            return False, f"{restarts} requeues used (max_requeues={self.max_requeues})"
+        if received == signal.SIGUSR2:
+            return True, "SIGUSR2 (time limit or preemption warning)"
+        if env.cluster != "slurm":
+            return False, f"SIGTERM under the {env.cluster} executor: no scheduler preempts it"
+        return requeue_after_sigterm(str(env.job_id))
+
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         """Requeue the same run: the trainer resumes from its newest checkpoint (train.resume)."""
-        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.max_requeues))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.max_requeues, self.requeue_on_sigterm))

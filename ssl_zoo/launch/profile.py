@@ -32,8 +32,12 @@ class ClusterProfile:
     cpus_per_task: int = bounded(1, 1)
     mem_gb: float = bounded(0.0, 0.0)  # per node; 0: the partition's default
     time_min: int = bounded(60, 1)
-    signal_delay_s: int = bounded(120, 0)  # USR2 this long before the time limit: time to checkpoint
+    signal_delay_s: int = bounded(120, 0)  # sbatch --signal=USR2@this: seconds before the time limit to checkpoint
     max_requeues: int = bounded(3, 0)  # preemptions/timeouts survived before the job gives up
+    # SLURM preempts with SIGTERM (USR2 comes only before the time limit, or where PreemptParameters=
+    # send_user_signal): checkpoint and requeue on it too, unless the job was cancelled (ssl_zoo.launch.preemption).
+    # false where the scheduler requeues preempted jobs itself (PreemptMode=REQUEUE): then only the checkpoint.
+    requeue_on_sigterm: bool = True
     sbatch_extra: dict = field(default_factory=dict)  # further #SBATCH options, e.g. {exclusive: true}
     setup: list[str] = field(default_factory=list)  # shell lines before the job: module loads, venv activation
 

@@ -145,7 +145,7 @@ def plan(config: str, profile: ClusterProfile, overrides: list[str], sweeps: lis
 def queue(plan: Plan) -> list[Submitted]:
     """Submit a validated plan: one job, or one job array for a sweep; each run directory records its job."""
     executor = make_executor(plan.profile, plan.folder, plan.job_name)
-    fns = [TrainJob(to_dict(cfg), plan.profile.max_requeues) for cfg, _ in plan.jobs]
+    fns = [TrainJob(to_dict(cfg), plan.profile.max_requeues, plan.profile.requeue_on_sigterm) for cfg, _ in plan.jobs]
     if len(fns) == 1:
         jobs = [executor.submit(fns[0])]
     else:
