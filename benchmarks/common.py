@@ -82,6 +82,19 @@ def discover() -> dict[str, Path]:
     return found
 
 
+# the set configs/satmae_pp/vit_tiny_fashion_mnist.yaml reads (relative to the working directory, as there)
+FASHION_MULTISPECTRAL = Path("data/fashion_mnist_multispectral")
+
+
+def ensure_generated_data(cfg) -> None:
+    """Write the Fashion-MNIST multispectral set a config reads when it is missing (a no-op once written)."""
+    from ssl_zoo.data.make_multispectral import write_fashion_multispectral
+
+    if cfg.data.kind == "multispectral" and FASHION_MULTISPECTRAL in Path(cfg.data.path).parents:
+        log(f"writing {FASHION_MULTISPECTRAL} (once; python -m ssl_zoo.data.make_multispectral) ...")
+        write_fashion_multispectral(FASHION_MULTISPECTRAL)
+
+
 def quiet_overrides(steps: int, out_dir: str | Path, name: str) -> list[str]:
     """Trainer overrides for a timed run of `steps` steps: no logging, checkpoints, images or k-NN in
     the way (one checkpoint is still written at the end), never resuming an earlier run."""

@@ -33,8 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (RESULTS, ROOT, describe, discover, log, markdown_table, provenance,  # noqa: E402
-                               quiet_overrides, write_json)
+from benchmarks.common import (RESULTS, ROOT, describe, discover, ensure_generated_data, log,  # noqa: E402
+                               markdown_table, provenance, quiet_overrides, write_json)
 from ssl_zoo.config import DataConfig  # noqa: E402
 from ssl_zoo.experiment import load_config  # noqa: E402
 from ssl_zoo.data import build_dataset  # noqa: E402
@@ -77,6 +77,7 @@ def eval_data(data: DataConfig) -> str:
 def run_method(name: str, config: Path, args: argparse.Namespace, out_dir: str, device: torch.device) -> dict:
     cfg = load_config(config, [*quiet_overrides(args.steps or STEP_CAP, out_dir, f"quality_{name}"),
                                f"train.time_budget_min={args.minutes}", f"train.device={args.device}", *args.set])
+    ensure_generated_data(cfg)
     trainer = Trainer(cfg, progress_bar=False)
     start = time.perf_counter()
     result = trainer.fit()

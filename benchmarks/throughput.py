@@ -34,8 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (RESULTS, ROOT, describe, discover, img_per_s, log,  # noqa: E402
-                               markdown_table, provenance, quiet_overrides, sync, write_json)
+from benchmarks.common import (RESULTS, ROOT, describe, discover, ensure_generated_data, img_per_s,  # noqa: E402
+                               log, markdown_table, provenance, quiet_overrides, sync, write_json)
 from ssl_zoo.experiment import load_config  # noqa: E402
 from ssl_zoo.schedules import Progress  # noqa: E402
 from ssl_zoo.trainer import Trainer  # noqa: E402
@@ -107,6 +107,7 @@ def run_method(name: str, config: Path, args: argparse.Namespace, out_dir: str) 
     if args.batch_size:
         overrides.append(f"train.batch_size={args.batch_size}")
     cfg = load_config(config, overrides)
+    ensure_generated_data(cfg)
     trainer = Trainer(cfg, progress_bar=False)
     full_times, bare_times = bench_paired(trainer, args.warmup)
     full = img_per_s(trainer.global_batch, full_times)
