@@ -4,7 +4,8 @@ Why a TorchFunctionMode on CPU: no GPU is lent to the project, and on CUDA these
 host syncs (`torch.cuda.set_sync_debug_mode` finds them there; benchmarks/gpu_check.py uses it). Counted:
 reading a value on the host (`.item()`, `bool()`, `int()`, `float()`, `.tolist()`, `.numpy()`), shapes
 that depend on data (boolean-mask indexing, `nonzero`, `masked_select`, `unique`), and tensors built from
-Python data inside the step (`torch.tensor(...)`, a host-to-device copy per call on CUDA).
+Python data on a device inside the step (`torch.tensor(..., device=...)`, a host-to-device copy per call
+on CUDA; without `device` the tensor stays on the CPU, and a 0-dim CPU tensor joins CUDA ops as a scalar).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class HostSyncCounter(TorchFunctionMode):
             self.calls[_describe(func)] += 1
         elif func in DATA_DEPENDENT and (func is not torch.where or len(args) + len(kwargs) == 1):
             self.calls[_describe(func)] += 1
-        elif func in FROM_PYTHON and args and not isinstance(args[0], Tensor):
+        elif func in FROM_PYTHON and args and not isinstance(args[0], Tensor) and kwargs.get("device") is not None:
             self.calls[_describe(func)] += 1
         elif func is Tensor.__getitem__ and len(args) > 1 and _is_bool_mask(args[1]):
             self.calls["boolean-mask indexing"] += 1

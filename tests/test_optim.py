@@ -78,7 +78,8 @@ def test_the_counter_counts_what_it_must():
         x.sum().item()
         bool(x[0] > 1)
         x[x > 2]
-        torch.tensor([1.0, 2.0])
+        torch.tensor([1.0, 2.0], device=x.device)
+        torch.tensor([1.0, 2.0])  # stays on the CPU: not counted
         torch.where(x > 1)
         torch.where(x > 1, x, 0.0)  # three arguments: no sync
         x.tolist()
