@@ -332,7 +332,7 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
     The optimiser section starts from the method's paper defaults (`Method.paper_optim`), so a
     config only states what it changes.
     """
-    from ssl_zoo.registry import available_methods, get_method_class
+    from ssl_zoo.registry import available_methods, resolve_method
 
     if isinstance(source, dict):
         raw, name_hint = copy.deepcopy(source), ""  # overrides must not write into the caller's dict
@@ -356,7 +356,7 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
     if not isinstance(method_raw, dict) or "name" not in method_raw:
         raise ConfigError(f"method: expected a mapping with at least 'name' (method.name is required; one of "
                           f"{', '.join(available_methods())}) and that method's keys, got {method_raw!r}")
-    method_cls = get_method_class(method_raw["name"])
+    method_cls, method_raw = resolve_method(method_raw)
     method_cfg = build_dataclass(method_cls.Config, method_raw, "method")
 
     optim_raw = {**dataclasses.asdict(method_cls.paper_optim()), **section("optim", OptimConfig)}
