@@ -60,6 +60,7 @@ def sit_v1_views() -> list[ViewSpec]:
 
 
 def check_two_views(views: list[ViewSpec], one_size: bool = False) -> None:
+    """Both generations pair exactly two views; v1 also runs them through one network in one batch."""
     if len(views) != 2:
         raise ValueError(f"method.views: SiT uses exactly 2 views, got {len(views)}")
     if one_size and any(v.size != views[0].size for v in views):
