@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import sys
 import tempfile
@@ -52,7 +53,8 @@ class BareStep:
         with torch.no_grad():
             self.views = self.method.views(batch)
         if trainer.cfg.train.channels_last:
-            self.views.crops = [c.contiguous(memory_format=torch.channels_last) for c in self.views.crops]
+            self.views = dataclasses.replace(self.views, crops=[c.contiguous(memory_format=torch.channels_last)
+                                                                for c in self.views.crops])
         self.progress = Progress(0, trainer.total_steps, 0, trainer.steps_per_epoch)
         self.autocast = ((lambda: torch.autocast(self.device.type, dtype=trainer.amp_dtype))
                          if trainer.amp_dtype is not None else contextlib.nullcontext)

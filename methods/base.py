@@ -10,15 +10,18 @@ import contextlib
 import copy
 import functools
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import timm.optim
 import torch
 import torchvision.utils
+from lightly.models.utils import update_momentum
 from torch import nn
 
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, center_crop_or_resize, to_unit
-from ssl_zoo.config import ExperimentConfig, OptimConfig
+from ssl_zoo.backbones import build_backbone, is_vit
+from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig
 from ssl_zoo.data import Batch
 from ssl_zoo.schedules import Progress
 
@@ -50,12 +53,31 @@ def preview(log_images: Callable) -> Callable:
     return wrapped
 
 
+@dataclass(frozen=True)
+class EMA:
+    """A teacher that follows an online module: after every optimiser step the teacher's weights become
+    m * teacher + (1 - m) * online (lightly's update_momentum). Declared by a method (`Method.ema`) so
+    that the update and the logging of m are written once, in the base class."""
+
+    online: str  # attribute (dotted path) of the module trained by the optimiser
+    teacher: str  # attribute of its frozen copy
+    momentum: Callable[[Progress], float] | float  # a schedule of training progress, or a constant
+    log_as: str = "momentum"  # the key of m in schedule_values
+
+    def value(self, progress: Progress) -> float:
+        return self.momentum(progress) if callable(self.momentum) else self.momentum
+
+
 class Method(nn.Module):
     """Base class; subclasses are registered with `ssl_zoo.registry.register`."""
 
     Config: ClassVar[type]
-    description: ClassVar[str] = ""
+    description: ClassVar[str] = ""  # "<Title>: what it does"; `ssl-zoo methods` lists it
     registry_name: ClassVar[str] = ""
+    needs_vit: ClassVar[bool] = False  # the default from_config refuses any other backbone
+    # keys that configs saved when this class shared one Config with another algorithm carry for that
+    # algorithm; ignored then, so accepted and dropped on load (ssl_zoo.registry.resolve_method)
+    retired_keys: ClassVar[frozenset[str]] = frozenset()
     normalize: Normalize
     augment: MultiViewAugment
     eval_size: int = 0  # > 0: evaluation images are centre-cropped (or resized) to this side
@@ -63,6 +85,39 @@ class Method(nn.Module):
     def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.cfg = cfg
+
+    # ---- construction from an experiment config --------------------------------------------
+    @classmethod
+    def title(cls) -> str:
+        """The method's name in messages: its description up to the first colon ("RAD-DINO")."""
+        return cls.description.partition(":")[0]
+
+    @classmethod
+    def backbone_options(cls, cfg: ExperimentConfig) -> dict:
+        """build_backbone keyword arguments beyond `cfg.model` and the band count (e.g. the crop size)."""
+        return {}
+
+    @classmethod
+    def make_backbone(cls, cfg: ExperimentConfig) -> nn.Module:
+        """The backbone of `cfg.model`; with `needs_vit`, a ConfigError for anything but a ViT (a timm CNN
+        given ViT-only options such as reg_tokens fails with a TypeError first)."""
+        def refuse(detail: str = "") -> ConfigError:
+            return ConfigError(f"model.backbone: {cls.title()} needs a ViT, got {cfg.model.backbone!r}{detail}")
+
+        try:
+            backbone = build_backbone(cfg.model, in_chans=cfg.data.channels, **cls.backbone_options(cfg))
+        except TypeError as e:
+            if cls.needs_vit:
+                raise refuse(f" ({e})") from e
+            raise
+        if cls.needs_vit and not is_vit(backbone):
+            raise refuse()
+        return backbone
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> "Method":
+        """Build the backbone (`make_backbone`) and the method around it."""
+        return cls(cfg.method, cls.make_backbone(cfg))
 
     # ---- defaults the config loader starts from -------------------------------------------
     @classmethod
@@ -90,12 +145,20 @@ class Method(nn.Module):
     def after_backward(self, progress: Progress) -> None:
         """Edit gradients before clipping/stepping (e.g. DINO's frozen last layer)."""
 
+    def ema(self) -> list[EMA]:
+        """The method's EMA teachers; after_step updates them and schedule_values logs their momentum."""
+        return []
+
+    @torch.no_grad()
     def after_step(self, progress: Progress) -> None:
-        """Update non-gradient state after the optimiser step (EMA teachers)."""
+        """Update non-gradient state after the optimiser step: the EMA teachers of `ema`."""
+        for pair in self.ema():
+            update_momentum(self.get_submodule(pair.online), self.get_submodule(pair.teacher), m=pair.value(progress))
 
     def schedule_values(self, progress: Progress) -> dict[str, float]:
-        """Scalars of the method's own schedules, for logging (momentum, temperatures)."""
-        return {}
+        """Scalars of the method's own schedules, for logging: the EMA momentum; overrides add theirs
+        (temperatures) to super()'s."""
+        return {pair.log_as: pair.value(progress) for pair in self.ema()}
 
     def param_groups(self, optim_cfg: OptimConfig) -> list[dict]:
         """Weight decay on weights only (not biases or 1-D params), trainable params only."""
@@ -168,5 +231,5 @@ def build_method(cfg: ExperimentConfig) -> Method:
     """Instantiate the configured method with its backbone."""
     from ssl_zoo.registry import get_method_class
 
-    cls = get_method_class(cfg.method.name)
+    cls = get_method_class(cfg.method.name, getattr(cfg.method, "variant", None))
     return cls.from_config(cfg)

@@ -8,6 +8,7 @@ norm-pix MSE on image 1's masked patches: what image 1 hides must be found in im
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -132,8 +133,7 @@ class CroCo(Method):
     def views(self, batch: Batch) -> Views:
         views = self.augment(batch)
         keep, masked = random_patch_split(len(batch), self.num_patches, self.num_masked, views.crops[0].device)
-        views.extra.update(idx_keep=keep, idx_mask=masked)
-        return views
+        return dataclasses.replace(views, idx_keep=keep, idx_mask=masked)
 
     def reconstruct(self, first: torch.Tensor, second: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
         """Predicted patches (B, N, p*p*C) of image 1 from its visible patches and the whole image 2."""
@@ -144,8 +144,8 @@ class CroCo(Method):
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         first, second = views.crops
-        masked = views.extra["idx_mask"]
-        pred = self.reconstruct(first, second, views.extra["idx_keep"])
+        masked = views.idx_mask
+        pred = self.reconstruct(first, second, views.idx_keep)
         return {"loss": masked_patch_mse(pred, self.targets(first), masked)}
 
     def backbone(self) -> nn.Module:
@@ -154,7 +154,7 @@ class CroCo(Method):
     @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:
         first, second = (v[:8] for v in views.crops)
-        keep, masked = views.extra["idx_keep"][:8], views.extra["idx_mask"][:8]
+        keep, masked = views.idx_keep[:8], views.idx_mask[:8]
         pred = self.reconstruct(first, second, keep).float()
         hidden, filled = masked_and_filled(first, pred, masked, self.patch_size, self.cfg.norm_pix_loss)
         rows = [hidden, second, filled, first]

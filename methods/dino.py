@@ -13,13 +13,11 @@ from typing import Callable, Literal
 import torch
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
-from lightly.models.utils import update_momentum
 from torch import nn
 
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
-from ssl_zoo.backbones import build_backbone
 from ssl_zoo.config import ExperimentConfig, OptimConfig, bounded
-from ssl_zoo.methods.base import Method, disable_drop_path, frozen_copy
+from ssl_zoo.methods.base import EMA, Method, disable_drop_path, frozen_copy
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Cosine, Progress, Warmup
 
@@ -67,7 +65,12 @@ def frozen_head_copy(make_head: Callable[[], nn.Module], head: nn.Module) -> nn.
 class SelfDistillation(Method):
     """What DINO and RAD-DINO (DINOv2) share: a student and its EMA teacher (`self.student`,
     `self.teacher`, same parameter order), the heads' last layers frozen early in training, the
-    teacher's backbone exported. Configs carry `momentum`, `teacher_temp`, `freeze_last_layer_epochs`."""
+    teacher's backbone exported, the backbone built at the global crops' size. Configs carry `momentum`,
+    `teacher_temp`, `freeze_last_layer_epochs`, `global_views`."""
+
+    @classmethod
+    def backbone_options(cls, cfg: ExperimentConfig) -> dict:
+        return {"img_size": cfg.method.global_views[0].size}
 
     def last_layers(self) -> list[nn.Module]:
         """The head layers kept frozen for the first `freeze_last_layer_epochs`."""
@@ -79,12 +82,11 @@ class SelfDistillation(Method):
                 for p in layer.parameters():
                     p.grad = None
 
-    @torch.no_grad()
-    def after_step(self, progress: Progress) -> None:
-        update_momentum(self.student, self.teacher, m=self.cfg.momentum(progress))
+    def ema(self) -> list[EMA]:
+        return [EMA("student", "teacher", self.cfg.momentum)]
 
     def schedule_values(self, progress: Progress) -> dict[str, float]:
-        return {"momentum": self.cfg.momentum(progress), "teacher_temp": self.cfg.teacher_temp(progress)}
+        return {**super().schedule_values(progress), "teacher_temp": self.cfg.teacher_temp(progress)}
 
     def backbone(self) -> nn.Module:
         return self.teacher.backbone
@@ -120,11 +122,6 @@ class DINO(SelfDistillation):
     @classmethod
     def default_model(cls) -> dict:
         return {"backbone": "vit_small_patch16_224", "drop_path_rate": 0.1}
-
-    @classmethod
-    def from_config(cls, cfg: ExperimentConfig) -> "DINO":
-        size = cfg.method.global_views[0].size
-        return cls(cfg.method, build_backbone(cfg.model, in_chans=cfg.data.channels, img_size=size))
 
     def __init__(self, cfg: Config, backbone: nn.Module) -> None:
         super().__init__(cfg)

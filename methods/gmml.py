@@ -8,6 +8,7 @@ corrupted pixels. Follows the official code (Sara-Ahmed/GMML main.py).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,7 +17,6 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
-from ssl_zoo.backbones import build_backbone, is_vit
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.corruption import GroupCorruption, group_corrupt
 from ssl_zoo.data import Batch
@@ -88,10 +88,9 @@ def patch_tokens(vit: nn.Module, images: torch.Tensor, blocks: list[int]) -> tor
 
 
 def corrupt_views(views: Views, spec: GroupCorruption, n: int = 2) -> Views:
-    """Add GMML-corrupted copies of the first n crops and their masks to views.extra."""
+    """`views` with GMML-corrupted copies of the first n crops and their masks."""
     corrupted, masks = zip(*(group_corrupt(crop, spec) for crop in views.crops[:n]))
-    views.extra.update(corrupted=list(corrupted), masks=list(masks))
-    return views
+    return dataclasses.replace(views, corrupted=list(corrupted), corruption_masks=list(masks))
 
 
 def reconstruction_grid(normalize: Normalize, clean: torch.Tensor, corrupted: torch.Tensor, recon: torch.Tensor,
@@ -104,6 +103,7 @@ def reconstruction_grid(normalize: Normalize, clean: torch.Tensor, corrupted: to
 @register("gmml")
 class GMML(Method):
     description = "GMML: pixel group corruption (noise / other-image blocks), ViT rebuilds the crop, L1 on corrupted pixels"
+    needs_vit = True
 
     @dataclass
     class Config:
@@ -125,11 +125,8 @@ class GMML(Method):
         return DINO.default_model()  # ViT-S/16, drop-path 0.1
 
     @classmethod
-    def from_config(cls, cfg: ExperimentConfig) -> "GMML":
-        vit = build_backbone(cfg.model, in_chans=cfg.data.channels, img_size=cfg.method.view.size)
-        if not is_vit(vit):
-            raise ConfigError(f"model.backbone: GMML needs a ViT, got {cfg.model.backbone!r}")
-        return cls(cfg.method, vit)
+    def backbone_options(cls, cfg: ExperimentConfig) -> dict:
+        return {"img_size": cfg.method.view.size}
 
     def __init__(self, cfg: Config, vit: nn.Module) -> None:
         super().__init__(cfg)
@@ -149,15 +146,15 @@ class GMML(Method):
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         """One pass over both crops; one mean over the corrupted pixels of both (as the official code)."""
-        pred = self.reconstruct(torch.cat(views.extra["corrupted"]))
-        return {"loss": masked_l1(pred, torch.cat(views.crops[:2]), torch.cat(views.extra["masks"]))}
+        pred = self.reconstruct(torch.cat(views.corrupted))
+        return {"loss": masked_l1(pred, torch.cat(views.crops[:2]), torch.cat(views.corruption_masks))}
 
     def backbone(self) -> nn.Module:
         return self.vit
 
     @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:
-        corrupted = views.extra["corrupted"][0][:8]
+        corrupted = views.corrupted[0][:8]
         recon = self.reconstruct(corrupted).float()
-        grid = reconstruction_grid(self.normalize, views.crops[0][:8], corrupted, recon, views.extra["masks"][0][:8])
+        grid = reconstruction_grid(self.normalize, views.crops[0][:8], corrupted, recon, views.corruption_masks[0][:8])
         return {"gmml/clean_corrupted_reconstruction_mask": grid}

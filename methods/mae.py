@@ -6,6 +6,7 @@ predicts (norm-)pixels; the loss is per-patch MSE averaged over masked patches o
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,8 +16,7 @@ from lightly.models.modules import MaskedVisionTransformerDecoderTIMM, MaskedVis
 from torch import nn
 
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
-from ssl_zoo.backbones import build_backbone, is_vit
-from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
+from ssl_zoo.config import ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
 from ssl_zoo.masking import masked_and_filled, masked_patch_mse, pixel_targets, random_patch_mask
 from ssl_zoo.methods.base import Method, image_grid, preview
@@ -32,6 +32,7 @@ def mae_view(size: int = 224) -> ViewSpec:
 @register("mae")
 class MAE(Method):
     description = "MAE: 75% random patch masking, ViT encoder on visible patches, norm-pix MSE on masked ones"
+    needs_vit = True
 
     @dataclass
     class Config:
@@ -54,12 +55,9 @@ class MAE(Method):
         return {"backbone": "vit_base_patch16_224"}
 
     @classmethod
-    def from_config(cls, cfg: ExperimentConfig) -> "MAE":
-        vit = build_backbone(cfg.model, in_chans=cfg.data.channels, img_size=cfg.method.view.size,
-                             dynamic_img_size=False)
-        if not is_vit(vit):
-            raise ConfigError(f"model.backbone: MAE needs a ViT, got {cfg.model.backbone!r}")
-        return cls(cfg.method, vit)
+    def backbone_options(cls, cfg: ExperimentConfig) -> dict:
+        """The crop size, fixed: the position embedding is a fixed sin-cos grid."""
+        return {"img_size": cfg.method.view.size, "dynamic_img_size": False}
 
     def __init__(self, cfg: Config, vit: nn.Module) -> None:
         super().__init__(cfg)
@@ -86,8 +84,7 @@ class MAE(Method):
     def views(self, batch: Batch) -> Views:
         views = self.augment(batch.images)
         keep, masked = random_patch_mask(len(batch), self.num_patches, self.cfg.mask_ratio, views.crops[0].device)
-        views.extra.update(idx_keep=keep, idx_mask=masked)
-        return views
+        return dataclasses.replace(views, idx_keep=keep, idx_mask=masked)
 
     def reconstruct(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
         """Predicted patches (B, N, p*p*C) for every position; visible ones are predicted too."""
@@ -109,8 +106,8 @@ class MAE(Method):
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         images = views.crops[0]
-        pred = self.reconstruct(images, views.extra["idx_keep"])
-        return {"loss": self.masked_loss(pred, self.targets(images), views.extra["idx_mask"])}
+        pred = self.reconstruct(images, views.idx_keep)
+        return {"loss": self.masked_loss(pred, self.targets(images), views.idx_mask)}
 
     def backbone(self) -> nn.Module:
         return self.encoder.vit
@@ -118,7 +115,7 @@ class MAE(Method):
     @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:
         images = views.crops[0][:8]
-        keep, masked = views.extra["idx_keep"][:8], views.extra["idx_mask"][:8]
+        keep, masked = views.idx_keep[:8], views.idx_mask[:8]
         pred = self.reconstruct(images, keep).float()
         hidden, filled = masked_and_filled(images, pred, masked, self.patch_size, self.cfg.norm_pix_loss)
         rows = [images, hidden, filled]

@@ -15,14 +15,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from lightly.models.utils import update_momentum
 from torch import nn
 
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
-from ssl_zoo.backbones import build_backbone, is_vit
+from ssl_zoo.backbones import is_vit
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.geometry import bin_centres, positive_bins
-from ssl_zoo.methods.base import Method, eval_mode, frozen_copy, image_grid, preview
+from ssl_zoo.methods.base import EMA, Method, eval_mode, frozen_copy, image_grid, preview
 from ssl_zoo.methods.dino import dino_global_views
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Cosine, Progress
@@ -120,12 +119,12 @@ class PixPro(Method):
         return {"backbone": "resnet50"}
 
     @classmethod
-    def from_config(cls, cfg: ExperimentConfig) -> "PixPro":
-        backbone = build_backbone(cfg.model, in_chans=cfg.data.channels)
+    def make_backbone(cls, cfg: ExperimentConfig) -> nn.Module:
+        backbone = super().make_backbone(cfg)
         if is_vit(backbone):
             raise ConfigError(f"model.backbone: PixPro needs a CNN with a C5 feature map (e.g. resnet50), "
                               f"got {cfg.model.backbone!r}")
-        return cls(cfg.method, backbone)
+        return backbone
 
     def __init__(self, cfg: Config, backbone: nn.Module) -> None:
         super().__init__(cfg)
@@ -149,12 +148,8 @@ class PixPro(Method):
         loss = pixpro_loss(y1, t2, a12) + pixpro_loss(y2, t1, a12.transpose(1, 2))
         return {"loss": loss}
 
-    @torch.no_grad()
-    def after_step(self, progress: Progress) -> None:
-        update_momentum(self.online, self.momentum_encoder, m=self.cfg.momentum(progress))
-
-    def schedule_values(self, progress: Progress) -> dict[str, float]:
-        return {"momentum": self.cfg.momentum(progress)}
+    def ema(self) -> list[EMA]:
+        return [EMA("online", "momentum_encoder", self.cfg.momentum)]
 
     def backbone(self) -> nn.Module:
         """The online encoder, which the official code exports for transfer (`module.encoder.`)."""

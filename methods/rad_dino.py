@@ -10,6 +10,7 @@ replicated to 3 channels (data.channels), and no hue/saturation jitter.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,8 +23,7 @@ from lightly.models.modules.center import Center
 from torch import nn
 
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec, minmax_scale
-from ssl_zoo.backbones import build_backbone, is_vit
-from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
+from ssl_zoo.config import ConfigError, OptimConfig, bounded
 from ssl_zoo.data import Batch
 from ssl_zoo.masking import block_masks
 from ssl_zoo.methods.base import disable_drop_path, frozen_copy, image_grid, preview
@@ -125,6 +125,7 @@ def koleo_loss(cls_tokens: torch.Tensor, crops: int) -> torch.Tensor:
 @register("rad_dino")
 class RADDINO(SelfDistillation):
     description = "RAD-DINO: DINOv2 (DINO + iBOT block masks + KoLeo) on grayscale radiographs (ViT-B/14, 518 px)"
+    needs_vit = True
 
     @dataclass
     class Config:
@@ -171,13 +172,6 @@ class RADDINO(SelfDistillation):
         """ViT-B/14 in timm's DINOv2 layout (layer scale 1e-5), 518 px (37 x 37 patches), drop-path 0.3."""
         return {"backbone": "vit_base_patch14_dinov2", "img_size": 518, "drop_path_rate": 0.3}
 
-    @classmethod
-    def from_config(cls, cfg: ExperimentConfig) -> "RADDINO":
-        vit = build_backbone(cfg.model, in_chans=cfg.data.channels, img_size=cfg.method.global_views[0].size)
-        if not is_vit(vit):
-            raise ConfigError(f"model.backbone: RAD-DINO needs a ViT, got {cfg.model.backbone!r}")
-        return cls(cfg.method, vit)
-
     def __init__(self, cfg: Config, vit: nn.Module) -> None:
         super().__init__(cfg)
         if len(cfg.global_views) != 2 or cfg.global_views[0].size != cfg.global_views[1].size:
@@ -215,15 +209,15 @@ class RADDINO(SelfDistillation):
         views = self.augment(self.intensity(batch.images))
         grid = self.cfg.global_views[0].size // self.patch_size
         cfg = self.cfg
-        views.extra["masks"] = block_masks(2 * len(batch), grid, grid, cfg.mask_fraction, cfg.mask_ratio,
-                                           cfg.mask_min_patches, cfg.mask_min_aspect, device=views.crops[0].device)
-        return views
+        masks = block_masks(2 * len(batch), grid, grid, cfg.mask_fraction, cfg.mask_ratio, cfg.mask_min_patches,
+                            cfg.mask_min_aspect, device=views.crops[0].device)
+        return dataclasses.replace(views, patch_masks=masks)
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         temp = cfg.teacher_temp(progress)
         crops = torch.cat(views.crops[:2])  # the 2B global crops, masks in the same order
-        masks = views.extra["masks"].flatten(1)
+        masks = views.patch_masks.flatten(1)
         with torch.no_grad():  # the teacher sees the unmasked crops
             t_cls, t_patches = self.teacher.tokens(crops)
             t_dino = self.dino_targets(self.teacher.dino_head(t_cls), temp)
@@ -276,7 +270,7 @@ class RADDINO(SelfDistillation):
         grids = super().log_images(views)
         n = min(8, views.crops[0].shape[0])
         crop = self.normalize.inverse(views.crops[0][:n]).clamp(0, 1)
-        masks = views.extra["masks"][:n].repeat_interleave(self.patch_size, 1).repeat_interleave(self.patch_size, 2)
+        masks = views.patch_masks[:n].repeat_interleave(self.patch_size, 1).repeat_interleave(self.patch_size, 2)
         grids["masks/global_0"] = image_grid(torch.where(masks[:, None], 0.25 * crop, crop))
         return grids
 

@@ -9,12 +9,15 @@ patch, averaged over the group's bands, then over the masked (group, location) t
 prediction, as an image, goes through the multi-scale head, scored with L1 against the x2 and x4 targets
 (0.5 each). Loss = 0.6 MSE + 0.4 L1.
 RGB variant: plain MAE (224 input, p = 16) plus one upsample block to 448, L1 against the x2 image.
+
+One class each under the registry name `satmae_pp` (`method.variant` picks): SatMAEPP (group, the
+default) and SatMAEPPRGB; the MultiScaleMAE base holds what they share.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +25,6 @@ from lightly.models import utils as lu
 from torch import nn
 
 from ssl_zoo.augment import Normalize, ViewAugment, Views, ViewSpec, to_unit
-from ssl_zoo.backbones import build_backbone, is_vit
 from ssl_zoo.backbones.satmae import SENTINEL_GROUPS, GroupChannelDecoder, GroupChannelViT, MultiScaleHead
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
@@ -89,29 +91,34 @@ def check_groups(groups: list[list[int]], channels: int) -> None:
                           f"(missing {missing}, repeated {repeated})")
 
 
-@register("satmae_pp")
-class SatMAEPP(Method):
-    description = "SatMAE++: group-channel MAE with multi-scale (x2, x4) reconstruction for multispectral images"
+@dataclass
+class MultiScaleMAEConfig:
+    """The fields both algorithms' configs have."""
 
-    @dataclass
-    class Config:
-        name: Literal["satmae_pp"] = "satmae_pp"
-        variant: Literal["group", "rgb"] = "group"  # multispectral group-channel ViT | plain MAE on RGB
-        groups: list[list[int]] = field(default_factory=lambda: [list(g) for g in SENTINEL_GROUPS])
-        mask_ratio: float = bounded(0.75, 0.0, 0.99)
-        mask_mode: Literal["independent", "consistent"] = "independent"  # per group | same locations in all
-        group_embed_dim: int = bounded(256, 2)  # encoder: [pos (D - this) | group (this)]
-        decoder_dim: int = bounded(512, 1)
-        decoder_depth: int = bounded(8, 1)
-        decoder_heads: int = bounded(16, 1)
-        decoder_group_embed_dim: int = bounded(128, 2)
-        norm_pix_loss: bool = False  # official default (main_pretrain.py)
-        upsample_ratio: int = bounded(4, 1)  # multi-scale head width = ratio x bands
-        mse_weight: float = bounded(0.6, 0.0)
-        l1_weight: float = bounded(0.4, 0.0)
-        view: ViewSpec = field(default_factory=satmae_view)  # crop = the largest target (x4 group, x2 rgb)
-        normalize: Literal["none", "imagenet", "fmow_rgb"] = "none"  # multispectral: already scaled in the loader
-        preview_bands: tuple[int, int, int] = (2, 1, 0)  # tensorboard RGB (Sentinel kept bands B4, B3, B2)
+    name: Literal["satmae_pp"] = "satmae_pp"
+    variant: str = ""  # each algorithm's Literal
+    mask_ratio: float = bounded(0.75, 0.0, 0.99)
+    decoder_dim: int = bounded(512, 1)
+    decoder_depth: int = bounded(8, 1)
+    decoder_heads: int = bounded(16, 1)
+    norm_pix_loss: bool = False  # official default (main_pretrain.py)
+    upsample_ratio: int = bounded(4, 1)  # multi-scale head width = ratio x bands
+    mse_weight: float = bounded(0.6, 0.0)
+    l1_weight: float = bounded(0.4, 0.0)
+    view: ViewSpec = field(default_factory=satmae_view)  # crop = the largest target
+    normalize: Literal["none", "imagenet", "fmow_rgb"] = "none"  # multispectral: already scaled in the loader
+
+
+class MultiScaleMAE(Method):
+    """What SatMAE++'s two algorithms share: one crop + flip halved once per upsample block into a pyramid
+    (input, x2 target, x4 target), the input's tokens masked, the multi-scale head on the whole prediction
+    as an image, loss = mse_weight x masked MSE + l1_weight x the mean L1 over the upscales, evaluation on
+    the whole image resized to the model input, and the preview. Subclasses hold the encoder and decoder
+    (registered before `add_head`'s modules: the parameter order is the one checkpoints were written in)
+    and say how they mask, reconstruct, score and turn a prediction into an image."""
+
+    upsample_blocks: ClassVar[int]  # multi-scale head blocks: x2 (and x4)
+    default_patch_size: ClassVar[int]
 
     @classmethod
     def paper_optim(cls) -> OptimConfig:
@@ -123,58 +130,65 @@ class SatMAEPP(Method):
         return {"backbone": "satmae_group_vit_large_p8"}
 
     @classmethod
-    def from_config(cls, cfg: ExperimentConfig) -> "SatMAEPP":
-        m, channels = cfg.method, cfg.data.channels
-        scales = 2 if m.variant == "group" else 1
-        patch = cfg.model.patch_size or (8 if m.variant == "group" else 16)
-        if m.view.size % (2**scales * patch):
-            raise ConfigError(f"method.view.size={m.view.size} must be a multiple of {2**scales} x the patch size "
-                              f"{patch}: the model input is view.size / {2**scales}")
-        size = m.view.size // 2**scales
+    def model_input(cls, cfg: ExperimentConfig) -> int:
+        """The encoder's input side: the crop halved once per upsample block."""
+        return cfg.method.view.size // 2**cls.upsample_blocks
+
+    @classmethod
+    def check_config(cls, cfg: ExperimentConfig) -> None:
+        """Crop, model size and colour options that fit the pyramid and the band count."""
+        m, channels, factor = cfg.method, cfg.data.channels, 2**cls.upsample_blocks
+        patch = cfg.model.patch_size or cls.default_patch_size
+        if m.view.size % (factor * patch):
+            raise ConfigError(f"method.view.size={m.view.size} must be a multiple of {factor} x the patch size "
+                              f"{patch}: the model input is view.size / {factor}")
+        size = cls.model_input(cfg)
         if cfg.model.img_size and cfg.model.img_size != size:
             raise ConfigError(f"model.img_size={cfg.model.img_size} differs from the model input {size} "
-                              f"(method.view.size / {2**scales}); leave it 0")
+                              f"(method.view.size / {factor}); leave it 0")
         if channels not in (1, 3) and (m.view.jitter_p or m.view.gray_p or m.view.blur_p):
             raise ConfigError(f"method.view: colour jitter, grayscale and blur need RGB; with {channels} bands "
                               "set jitter_p, gray_p and blur_p to 0")
-        if max(m.preview_bands) >= channels:
-            raise ConfigError(f"method.preview_bands={list(m.preview_bands)}: valid band indices are 0..{channels - 1}")
-        if m.variant == "rgb":
-            vit = build_backbone(cfg.model, in_chans=channels, img_size=size, dynamic_img_size=False)
-            if not is_vit(vit) or isinstance(vit, GroupChannelViT):
-                raise ConfigError(f"model.backbone: the rgb variant needs a timm ViT, got {cfg.model.backbone!r}")
-            return cls(m, vit)
-        check_groups(m.groups, channels)
-        vit = build_backbone(cfg.model, in_chans=channels, img_size=size, patch_size=patch, groups=m.groups,
-                             group_embed_dim=m.group_embed_dim)
-        if not isinstance(vit, GroupChannelViT):
-            raise ConfigError(f"model.backbone: the group variant needs satmae_group_vit_{{tiny,small,base,large}}_p8, "
-                              f"got {cfg.model.backbone!r}")
-        return cls(m, vit)
 
-    def __init__(self, cfg: Config, vit: nn.Module) -> None:
-        super().__init__(cfg)
-        self.group = isinstance(vit, GroupChannelViT)
-        if self.group:
-            self.encoder = vit
-            self.decoder = GroupChannelDecoder(vit.groups, vit.patch_embed[0].grid_size[0], vit.embed_dim,
-                                               cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads,
-                                               cfg.decoder_group_embed_dim, vit.patch_size)
-            self.patch_size, channels = vit.patch_size, vit.in_chans
-            self.num_tokens = len(vit.groups) * vit.num_patches
-        else:  # the RGB variant IS MAE (encoder, decoder, masking, loss) plus the upsample block
-            self.mae = MAE(MAE.Config(mask_ratio=cfg.mask_ratio, decoder_dim=cfg.decoder_dim,
-                                      decoder_depth=cfg.decoder_depth, decoder_heads=cfg.decoder_heads,
-                                      norm_pix_loss=cfg.norm_pix_loss, view=cfg.view), vit)
-            self.patch_size, channels = self.mae.patch_size, vit.patch_embed.proj.in_channels
-            self.num_tokens = self.mae.num_patches
-        self.head = MultiScaleHead(channels, 2 if self.group else 1, cfg.upsample_ratio)
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> "MultiScaleMAE":
+        cls.check_config(cfg)
+        return super().from_config(cfg)
+
+    def add_head(self, channels: int) -> None:
+        """The multi-scale head (after the networks), the crop and the evaluation size."""
+        cfg = self.cfg
+        self.head = MultiScaleHead(channels, self.upsample_blocks, cfg.upsample_ratio)
         self.crop = ViewAugment(cfg.view, cfg.normalize)
         self.normalize = Normalize(cfg.normalize)
-        self.eval_size = cfg.view.size // 2 ** len(self.head.names)  # the model input
-        self.preview = list(cfg.preview_bands) if self.group else [0, 1, 2][:channels]
+        self.eval_size = cfg.view.size // 2**self.upsample_blocks  # the model input
 
-    # ---- views ----------------------------------------------------------------------------
+    # ---- what subclasses say ----------------------------------------------------------------
+    preview_bands: list[int]  # the bands shown as RGB
+
+    def mask(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(idx_keep, idx_mask) over the encoder's tokens."""
+        return random_patch_mask(batch, self.num_tokens, self.cfg.mask_ratio, device)
+
+    def reconstruct(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def masked_mse(self, pred: torch.Tensor, target: torch.Tensor, idx_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def as_image(self, pred: torch.Tensor) -> torch.Tensor:
+        """The whole prediction as an image (B, C, H, W), the multi-scale head's input."""
+        raise NotImplementedError
+
+    def hidden_and_filled(self, images: torch.Tensor, pred: torch.Tensor,
+                          idx_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input blanked where masked, and filled there with the prediction."""
+        raise NotImplementedError
+
+    # ---- views and loss -----------------------------------------------------------------------
     def views(self, batch: Batch) -> Views:
         """crops = [input, x2 target, (x4 target)]: one crop + flip, halved repeatedly; plus the mask."""
         big, boxes, flips = self.crop(batch.images)
@@ -183,55 +197,18 @@ class SatMAEPP(Method):
             pyramid.insert(0, halve(pyramid[0]))
         keep, masked = self.mask(len(batch), big.device)
         n = len(pyramid)
-        return Views(pyramid, [boxes] * n, [flips] * n, {"idx_keep": keep, "idx_mask": masked})
-
-    def mask(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(idx_keep, idx_mask) over the encoder's tokens ((group, location), group-major, for the group ViT)."""
-        if self.group and self.cfg.mask_mode == "consistent":
-            return consistent_mask(batch, len(self.encoder.groups), self.encoder.num_patches, self.cfg.mask_ratio,
-                                   device)
-        return random_patch_mask(batch, self.num_tokens, self.cfg.mask_ratio, device)
-
-    # ---- reconstruction and loss ----------------------------------------------------------
-    def reconstruct(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
-        """Predicted patches for every token: (B, C, L, p^2) band order (group) or MAE's (B, N, p^2 C)."""
-        if self.group:
-            return self.decoder(self.encoder.forward_features(images, idx_keep), idx_keep)
-        return self.mae.reconstruct(images, idx_keep)
-
-    def targets(self, images: torch.Tensor) -> torch.Tensor:
-        if not self.group:
-            return self.mae.targets(images)
-        patches = band_patches(images, self.patch_size)
-        if not self.cfg.norm_pix_loss:
-            return patches
-        per_location = lu.normalize_mean_var(patches.transpose(1, 2).flatten(2), dim=-1)  # over all bands
-        return per_location.unflatten(-1, (patches.shape[1], -1)).transpose(1, 2)
-
-    def masked_mse(self, pred: torch.Tensor, target: torch.Tensor, idx_mask: torch.Tensor) -> torch.Tensor:
-        if self.group:
-            return group_masked_mse(pred, target, self.encoder.groups, idx_mask)
-        return self.mae.masked_loss(pred, target, idx_mask)
-
-    def as_image(self, pred: torch.Tensor) -> torch.Tensor:
-        """The whole prediction as an image (B, C, H, W), the multi-scale head's input."""
-        if self.group:
-            return unpatchify_bands(pred, self.patch_size)
-        return lu.unpatchify(pred, self.patch_size, pred.shape[-1] // self.patch_size**2)
+        return Views(pyramid, [boxes] * n, [flips] * n, idx_keep=keep, idx_mask=masked)
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         images, *upscaled = views.crops
-        pred = self.reconstruct(images, views.extra["idx_keep"])
-        mse = self.masked_mse(pred, self.targets(images), views.extra["idx_mask"])
+        pred = self.reconstruct(images, views.idx_keep)
+        mse = self.masked_mse(pred, self.targets(images), views.idx_mask)
         outputs = self.head(self.as_image(pred))
         l1 = sum(F.l1_loss(out, target) for out, target in zip(outputs, upscaled)) / len(outputs)
         loss = self.cfg.mse_weight * mse + self.cfg.l1_weight * l1
         return {"loss": loss, "mse": mse.detach(), "l1": l1.detach()}
 
     # ---- evaluation and images ------------------------------------------------------------
-    def backbone(self) -> nn.Module:
-        return self.encoder if self.group else self.mae.encoder.vit
-
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The whole image resized to the model input (training inputs are downsampled 60-100% crops, so a
@@ -243,24 +220,97 @@ class SatMAEPP(Method):
         return self.backbone()(self.normalize(x))
 
     def rgb(self, images: torch.Tensor) -> torch.Tensor:
-        return self.normalize.inverse(images)[:, self.preview]
+        return self.normalize.inverse(images)[:, self.preview_bands]
 
     @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:
         """Input | masked | reconstruction at the model input, and target | prediction at every upscale."""
         images = views.crops[0][:8]
-        keep, masked = views.extra["idx_keep"][:8], views.extra["idx_mask"][:8]
+        keep, masked = views.idx_keep[:8], views.idx_mask[:8]
         pred = self.reconstruct(images, keep).float()
-        if self.group:
-            hidden, filled = self.masked_and_filled(images, pred, masked)
-        else:
-            hidden, filled = masked_and_filled(images, pred, masked, self.patch_size, self.cfg.norm_pix_loss)
+        hidden, filled = self.hidden_and_filled(images, pred, masked)
         grids = {"satmae_pp/input_masked_reconstruction": image_grid(self.rgb(torch.cat([images, hidden, filled])))}
         for scale, (out, target) in enumerate(zip(self.head(self.as_image(pred)), views.crops[1:]), 1):
             grids[f"satmae_pp/x{2**scale}_target_prediction"] = image_grid(self.rgb(torch.cat([target[:8], out])))
         return grids
 
-    def masked_and_filled(self, images: torch.Tensor, pred: torch.Tensor,
+
+@register("satmae_pp", variant="group", default=True)
+class SatMAEPP(MultiScaleMAE):
+    description = "SatMAE++: group-channel MAE with multi-scale (x2, x4) reconstruction for multispectral images"
+    upsample_blocks = 2
+    default_patch_size = 8
+
+    @dataclass
+    class Config(MultiScaleMAEConfig):
+        variant: Literal["group"] = "group"  # multispectral group-channel ViT (rgb: plain MAE on RGB)
+        groups: list[list[int]] = field(default_factory=lambda: [list(g) for g in SENTINEL_GROUPS])
+        mask_mode: Literal["independent", "consistent"] = "independent"  # per group | same locations in all
+        group_embed_dim: int = bounded(256, 2)  # encoder: [pos (D - this) | group (this)]
+        decoder_group_embed_dim: int = bounded(128, 2)
+        preview_bands: tuple[int, int, int] = (2, 1, 0)  # tensorboard RGB (Sentinel kept bands B4, B3, B2)
+
+    @classmethod
+    def check_config(cls, cfg: ExperimentConfig) -> None:
+        super().check_config(cfg)
+        m, channels = cfg.method, cfg.data.channels
+        if max(m.preview_bands) >= channels:
+            raise ConfigError(f"method.preview_bands={list(m.preview_bands)}: valid band indices are 0..{channels - 1}")
+        check_groups(m.groups, channels)
+
+    @classmethod
+    def backbone_options(cls, cfg: ExperimentConfig) -> dict:
+        m = cfg.method
+        return {"img_size": cls.model_input(cfg), "patch_size": cfg.model.patch_size or cls.default_patch_size,
+                "groups": m.groups, "group_embed_dim": m.group_embed_dim}
+
+    @classmethod
+    def make_backbone(cls, cfg: ExperimentConfig) -> nn.Module:
+        vit = super().make_backbone(cfg)
+        if not isinstance(vit, GroupChannelViT):
+            raise ConfigError(f"model.backbone: the group variant needs satmae_group_vit_{{tiny,small,base,large}}_p8, "
+                              f"got {cfg.model.backbone!r}")
+        return vit
+
+    def __init__(self, cfg: Config, vit: GroupChannelViT) -> None:
+        super().__init__(cfg)
+        self.encoder = vit
+        self.decoder = GroupChannelDecoder(vit.groups, vit.patch_embed[0].grid_size[0], vit.embed_dim,
+                                           cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads,
+                                           cfg.decoder_group_embed_dim, vit.patch_size)
+        self.patch_size = vit.patch_size
+        self.num_tokens = len(vit.groups) * vit.num_patches
+        self.add_head(vit.in_chans)
+        self.preview_bands = list(cfg.preview_bands)
+
+    def mask(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Over the (group, location) tokens, group-major; per group or the same locations in every group."""
+        if self.cfg.mask_mode == "consistent":
+            return consistent_mask(batch, len(self.encoder.groups), self.encoder.num_patches, self.cfg.mask_ratio,
+                                   device)
+        return super().mask(batch, device)
+
+    def reconstruct(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+        """Predicted patches for every token, (B, C, L, p^2) in band order."""
+        return self.decoder(self.encoder.forward_features(images, idx_keep), idx_keep)
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        patches = band_patches(images, self.patch_size)
+        if not self.cfg.norm_pix_loss:
+            return patches
+        per_location = lu.normalize_mean_var(patches.transpose(1, 2).flatten(2), dim=-1)  # over all bands
+        return per_location.unflatten(-1, (patches.shape[1], -1)).transpose(1, 2)
+
+    def masked_mse(self, pred: torch.Tensor, target: torch.Tensor, idx_mask: torch.Tensor) -> torch.Tensor:
+        return group_masked_mse(pred, target, self.encoder.groups, idx_mask)
+
+    def as_image(self, pred: torch.Tensor) -> torch.Tensor:
+        return unpatchify_bands(pred, self.patch_size)
+
+    def backbone(self) -> nn.Module:
+        return self.encoder
+
+    def hidden_and_filled(self, images: torch.Tensor, pred: torch.Tensor,
                           idx_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each band blanked where its group's token is masked, and filled there with the prediction."""
         groups, locations = len(self.encoder.groups), self.encoder.num_patches
@@ -272,3 +322,60 @@ class SatMAEPP(Method):
         mask = unpatchify_bands(band_mask, self.patch_size).bool()
         full = unpatchify_bands(pred, self.patch_size).to(images.dtype)
         return images.masked_fill(mask, 0.0), torch.where(mask, full, images)
+
+
+@register("satmae_pp", variant="rgb")
+class SatMAEPPRGB(MultiScaleMAE):
+    description = "SatMAE++ RGB: MAE (ViT, 75% masking) plus one upsample block, L1 against the x2 image"
+    upsample_blocks = 1
+    default_patch_size = 16
+    needs_vit = True
+    # the group algorithm's, in configs saved when one class held both
+    retired_keys = frozenset({"groups", "mask_mode", "group_embed_dim", "decoder_group_embed_dim", "preview_bands"})
+
+    @dataclass
+    class Config(MultiScaleMAEConfig):
+        variant: Literal["rgb"] = "rgb"  # plain MAE on RGB (group: the multispectral group-channel ViT)
+
+    @classmethod
+    def backbone_options(cls, cfg: ExperimentConfig) -> dict:
+        return {"img_size": cls.model_input(cfg), "dynamic_img_size": False}
+
+    @classmethod
+    def make_backbone(cls, cfg: ExperimentConfig) -> nn.Module:
+        vit = super().make_backbone(cfg)
+        if isinstance(vit, GroupChannelViT):
+            raise ConfigError(f"model.backbone: the rgb variant needs a timm ViT, got {cfg.model.backbone!r}")
+        return vit
+
+    def __init__(self, cfg: Config, vit: nn.Module) -> None:
+        super().__init__(cfg)
+        # the RGB algorithm IS MAE (encoder, decoder, masking, loss) plus the upsample block
+        self.mae = MAE(MAE.Config(mask_ratio=cfg.mask_ratio, decoder_dim=cfg.decoder_dim,
+                                  decoder_depth=cfg.decoder_depth, decoder_heads=cfg.decoder_heads,
+                                  norm_pix_loss=cfg.norm_pix_loss, view=cfg.view), vit)
+        self.patch_size = self.mae.patch_size
+        self.num_tokens = self.mae.num_patches
+        channels = vit.patch_embed.proj.in_channels
+        self.add_head(channels)
+        self.preview_bands = [0, 1, 2][:channels]
+
+    def reconstruct(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+        """MAE's predicted patches for every token, (B, N, p^2 C)."""
+        return self.mae.reconstruct(images, idx_keep)
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        return self.mae.targets(images)
+
+    def masked_mse(self, pred: torch.Tensor, target: torch.Tensor, idx_mask: torch.Tensor) -> torch.Tensor:
+        return self.mae.masked_loss(pred, target, idx_mask)
+
+    def as_image(self, pred: torch.Tensor) -> torch.Tensor:
+        return lu.unpatchify(pred, self.patch_size, pred.shape[-1] // self.patch_size**2)
+
+    def backbone(self) -> nn.Module:
+        return self.mae.encoder.vit
+
+    def hidden_and_filled(self, images: torch.Tensor, pred: torch.Tensor,
+                          idx_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return masked_and_filled(images, pred, idx_mask, self.patch_size, self.cfg.norm_pix_loss)

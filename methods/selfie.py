@@ -14,6 +14,7 @@ Transformer depth/heads/FFN width, the augmentation and the optimiser.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -142,8 +143,7 @@ class Selfie(Method):
     def views(self, batch: Batch) -> Views:
         views = self.augment(batch.images)
         keep, masked = random_patch_split(len(batch), self.num_patches, self.cfg.num_masked, views.crops[0].device)
-        views.extra.update(idx_keep=keep, idx_mask=masked)
-        return views
+        return dataclasses.replace(views, idx_keep=keep, idx_mask=masked)
 
     def logits(self, images: torch.Tensor, idx_keep: torch.Tensor, idx_mask: torch.Tensor) -> torch.Tensor:
         """logits[b, i, j] = v_i . h'_j over image b's masked patches: (B, M, M)."""
@@ -163,7 +163,7 @@ class Selfie(Method):
         return F.cross_entropy(logits.flatten(0, 1), target)
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
-        logits = self.logits(views.crops[0], views.extra["idx_keep"], views.extra["idx_mask"])
+        logits = self.logits(views.crops[0], views.idx_keep, views.idx_mask)
         return {"loss": self.loss(logits)}
 
     def param_groups(self, optim_cfg: OptimConfig) -> list[dict]:
@@ -180,7 +180,7 @@ class Selfie(Method):
         """Rows: the crop; its masked patches blanked; each masked location filled with the patch the
         model picks for it (equal to the crop where every choice is right)."""
         images = views.crops[0][:8]
-        keep, masked = views.extra["idx_keep"][:8], views.extra["idx_mask"][:8]
+        keep, masked = views.idx_keep[:8], views.idx_mask[:8]
         choice = self.logits(images, keep, masked).argmax(-1)  # eval mode (@preview): BN statistics untouched
         size = self.cfg.patch_size
         patches = lu.patchify(self.normalize.inverse(images), size)

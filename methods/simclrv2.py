@@ -13,13 +13,12 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 from lightly.loss import NTXentLoss
-from lightly.models.utils import concat_all_gather, update_momentum
+from lightly.models.utils import concat_all_gather
 from torch import nn
 
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
-from ssl_zoo.backbones import build_backbone
-from ssl_zoo.config import ExperimentConfig, OptimConfig, bounded
-from ssl_zoo.methods.base import Method, frozen_copy, linear_bn_relu
+from ssl_zoo.config import OptimConfig, bounded
+from ssl_zoo.methods.base import EMA, Method, frozen_copy, linear_bn_relu
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Progress
 
@@ -109,10 +108,6 @@ class SimCLRv2(Method):
     def default_model(cls) -> dict:
         return {"backbone": "resnet50"}
 
-    @classmethod
-    def from_config(cls, cfg: ExperimentConfig) -> "SimCLRv2":
-        return cls(cfg.method, build_backbone(cfg.model, in_chans=cfg.data.channels))
-
     def __init__(self, cfg: Config, backbone: nn.Module) -> None:
         super().__init__(cfg)
         self.encoder = backbone
@@ -154,11 +149,11 @@ class SimCLRv2(Method):
             keys = self.momentum_head(self.momentum_encoder(both))
         return {"loss": self.memory_loss(z, keys)}
 
-    @torch.no_grad()
-    def after_step(self, progress: Progress) -> None:
-        if self.cfg.memory_size:
-            update_momentum(self.encoder, self.momentum_encoder, m=self.cfg.memory_momentum)
-            update_momentum(self.head, self.momentum_head, m=self.cfg.memory_momentum)
+    def ema(self) -> list[EMA]:
+        """With the memory: encoder and head each followed by their momentum copy."""
+        if not self.cfg.memory_size:
+            return []
+        return [EMA(online, f"momentum_{online}", self.cfg.memory_momentum) for online in ("encoder", "head")]
 
     def backbone(self) -> nn.Module:
         return self.encoder

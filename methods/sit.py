@@ -1,37 +1,39 @@
-"""SiT (Atito et al., "SiT: Self-supervised vIsion Transformer"), two generations of the official code.
+"""SiT (Atito et al., "SiT: Self-supervised vIsion Transformer"), two generations of the official code,
+one class each under the registry name `sit` (`method.variant` picks):
 
-variant "latest" (default; Sara-Ahmed/SiT main.py at its latest): a student ViT sees GMML-corrupted
-views and an EMA teacher the clean ones; a MoCo-v3 style contrastive loss on the class token
-(student view a vs teacher view b) plus lambda x L1 on the corrupted pixels of the student's
+SiTLatest, variant "latest" (default; Sara-Ahmed/SiT main.py at its latest): a student ViT sees
+GMML-corrupted views and an EMA teacher the clean ones; a MoCo-v3 style contrastive loss on the class
+token (student view a vs teacher view b) plus lambda x L1 on the corrupted pixels of the student's
 reconstruction.
 
-variant "v1" (the 2021 paper): one ViT with a rotation and a contrastive token; each view is
+SiTV1, variant "v1" (the 2021 paper): one ViT with a rotation and a contrastive token; each view is
 rotated by a labelled multiple of 90 degrees and distorted; 4-way rotation CE, NT-Xent between the
 two views, L1 reconstruction of the rotated clean view over all pixels, combined with learned
 uncertainty weights.
+
+What they share (two views, the ViT built at the view size, the optimiser defaults, the image preview)
+lives in the SiT base class.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from lightly.loss import NTXentLoss
 from lightly.models.modules.heads import ProjectionHead
-from lightly.models.utils import update_momentum
 from lightly.utils import dist as lightly_dist
 from torch import nn
 
 from ssl_zoo import distributed as dist
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
-from ssl_zoo.backbones import build_backbone, is_vit
-from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
+from ssl_zoo.config import ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.corruption import GroupCorruption, V1Distortion, v1_distort
 from ssl_zoo.data import Batch
-from ssl_zoo.methods.base import Method, disable_drop_path, frozen_copy, preview
+from ssl_zoo.methods.base import EMA, Method, disable_drop_path, frozen_copy, preview
 from ssl_zoo.methods.dino import DINO, dino_global_views
 from ssl_zoo.methods.gmml import ReconstructionHead, corrupt_views, masked_l1, reconstruction_grid
 from ssl_zoo.registry import register
@@ -51,6 +53,18 @@ def sit_views(size: int = 224) -> list[ViewSpec]:
 def sit_v1_view(size: int = 224) -> ViewSpec:
     """v1: timm's training transform without auto-augment: RandomResizedCrop(0.08, 1), flip, ColorJitter(0.4, 0.4, 0.4)."""
     return ViewSpec(size=size, scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.4, 0.0), jitter_p=1.0, gray_p=0.0, blur_p=0.0)
+
+
+def sit_v1_views() -> list[ViewSpec]:
+    return [sit_v1_view(), sit_v1_view()]
+
+
+def check_two_views(views: list[ViewSpec], one_size: bool = False) -> None:
+    """Both generations pair exactly two views; v1 also runs them through one network in one batch."""
+    if len(views) != 2:
+        raise ValueError(f"method.views: SiT uses exactly 2 views, got {len(views)}")
+    if one_size and any(v.size != views[0].size for v in views):
+        raise ValueError("method.views: v1 reconstructs both views with one network; use one size")
 
 
 def sit_corruption() -> GroupCorruption:
@@ -131,40 +145,12 @@ class V1Network(nn.Module):
         return self.rotation_head(tokens[:, 1]), self.contrastive_head(tokens[:, 0]), self.recon(tokens[:, 2:], grid)
 
 
-@register("sit")
 class SiT(Method):
-    description = ("SiT: corrupted student + EMA teacher, MoCo-v3 contrastive + masked L1 (variant v1: "
-                   "rotation + contrastive tokens, uncertainty-weighted losses)")
+    """What both generations share: two views, a ViT built at their size, the optimiser and backbone
+    defaults, the preview of clean | corrupted | reconstructed | mask. Subclasses build `views` with
+    `corrupted` and `corruption_masks`, and say how they reconstruct (`reconstruction`)."""
 
-    @dataclass
-    class Config:
-        name: Literal["sit"] = "sit"
-        variant: Literal["latest", "v1"] = "latest"
-        views: list[ViewSpec] | None = None  # None: the variant's recipe (sit_views / 2 x sit_v1_view)
-        temperature: float | None = bounded(None, 1e-4)  # None: latest 0.2 (MoCo v3), v1 0.5 (NT-Xent)
-        out_dim: int | None = bounded(None, 1)  # None: latest 256, v1 512
-        # latest only
-        hidden_dim: int = bounded(4096, 1)
-        recon_weight: float = bounded(1.0, 0.0)  # lambda; the authors suggest 5 for small datasets
-        momentum: Cosine = field(default_factory=lambda: Cosine(start=0.996, end=1.0))
-        corruption: GroupCorruption = field(default_factory=sit_corruption)
-        gather_distributed: bool = True  # contrastive keys from every rank
-        # v1 only
-        distortion: V1Distortion = field(default_factory=V1Distortion)
-        normalize: Literal["imagenet", "none"] = "imagenet"
-
-        def __post_init__(self) -> None:
-            latest = self.variant == "latest"
-            if self.views is None:
-                self.views = sit_views() if latest else [sit_v1_view(), sit_v1_view()]
-            if self.temperature is None:
-                self.temperature = 0.2 if latest else 0.5
-            if self.out_dim is None:
-                self.out_dim = 256 if latest else 512
-            if len(self.views) != 2:
-                raise ValueError(f"method.views: SiT uses exactly 2 views, got {len(self.views)}")
-            if not latest and any(v.size != self.views[0].size for v in self.views):
-                raise ValueError("method.views: v1 reconstructs both views with one network; use one size")
+    needs_vit = True
 
     @classmethod
     def paper_optim(cls) -> OptimConfig:
@@ -177,44 +163,59 @@ class SiT(Method):
         return DINO.default_model()  # ViT-S/16, drop-path 0.1
 
     @classmethod
-    def from_config(cls, cfg: ExperimentConfig) -> "SiT":
-        tokens = {"reg_tokens": 1} if cfg.method.variant == "v1" else {}  # v1's second extra token
-        try:
-            vit = build_backbone(cfg.model, in_chans=cfg.data.channels, img_size=cfg.method.views[0].size, **tokens)
-        except TypeError as e:  # a non-ViT timm model refuses reg_tokens
-            raise ConfigError(f"model.backbone: SiT needs a ViT, got {cfg.model.backbone!r} ({e})") from e
-        if not is_vit(vit):
-            raise ConfigError(f"model.backbone: SiT needs a ViT, got {cfg.model.backbone!r}")
-        return cls(cfg.method, vit)
+    def backbone_options(cls, cfg: ExperimentConfig) -> dict:
+        return {"img_size": cfg.method.views[0].size}
 
-    def __init__(self, cfg: Config, vit: nn.Module) -> None:
+    def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self.augment = MultiViewAugment(list(cfg.views), cfg.normalize)
         self.normalize = Normalize(cfg.normalize)
-        if cfg.variant == "latest":
-            self.student = LatestNetwork(vit, cfg.hidden_dim, cfg.out_dim)
-            self.teacher = disable_drop_path(frozen_copy(self.student))
-        else:
-            self.net = V1Network(vit, cfg.out_dim)
-            self.log_vars = nn.Parameter(torch.ones(3))  # rotation, contrastive, reconstruction; init 1.0
-            self.register_buffer("loss_scales", torch.tensor([1.0, 1.0, 0.5]), persistent=False)  # CE, NT-Xent, L1
-            self.ntxent = NTXentLoss(temperature=cfg.temperature)  # per-rank batch, as the official loss
 
-    # ---- views ------------------------------------------------------------------------------
+    def reconstruction(self, corrupted: torch.Tensor) -> torch.Tensor:
+        """The network's image reconstruction of corrupted views."""
+        raise NotImplementedError
+
+    @preview
+    def log_images(self, views: Views) -> dict[str, torch.Tensor]:
+        corrupted = views.corrupted[0][:8]
+        recon = self.reconstruction(corrupted)
+        grid = reconstruction_grid(self.normalize, views.crops[0][:8], corrupted, recon.float(),
+                                   views.corruption_masks[0][:8])
+        return {f"sit_{self.cfg.variant}/clean_corrupted_reconstruction_mask": grid}
+
+
+@register("sit", variant="latest", default=True)
+class SiTLatest(SiT):
+    description = ("SiT: corrupted student + EMA teacher, MoCo-v3 contrastive + masked L1 (variant v1: "
+                   "rotation + contrastive tokens, uncertainty-weighted losses)")
+    retired_keys = frozenset({"distortion"})  # v1's, in configs saved when one class held both
+
+    @dataclass
+    class Config:
+        name: Literal["sit"] = "sit"
+        variant: Literal["latest"] = "latest"
+        views: list[ViewSpec] = field(default_factory=sit_views)
+        temperature: float = bounded(0.2, 1e-4)  # MoCo v3
+        out_dim: int = bounded(256, 1)
+        hidden_dim: int = bounded(4096, 1)
+        recon_weight: float = bounded(1.0, 0.0)  # lambda; the authors suggest 5 for small datasets
+        momentum: Cosine = field(default_factory=lambda: Cosine(start=0.996, end=1.0))
+        corruption: GroupCorruption = field(default_factory=sit_corruption)
+        gather_distributed: bool = True  # contrastive keys from every rank
+        normalize: Literal["imagenet", "none"] = "imagenet"
+
+        def __post_init__(self) -> None:
+            check_two_views(self.views)
+
+    def __init__(self, cfg: Config, vit: nn.Module) -> None:
+        super().__init__(cfg)
+        self.student = LatestNetwork(vit, cfg.hidden_dim, cfg.out_dim)
+        self.teacher = disable_drop_path(frozen_copy(self.student))
+
     def views(self, batch: Batch) -> Views:
-        """Clean views in crops, corrupted copies and masks in extra. v1 rotates each augmented view
-        (boxes and flips describe it before the rotation), so the label always names the rotation seen;
-        the official loader rotates before its random flip, which mirrors half of the 90/270 views."""
-        views = self.augment(batch.images)
-        if self.cfg.variant == "latest":
-            return corrupt_views(views, self.cfg.corruption)
-        rotations = [torch.randint(0, 4, (len(batch),), device=c.device) for c in views.crops]
-        views.crops = [rotate90(c, k) for c, k in zip(views.crops, rotations)]
-        corrupted, masks = zip(*(v1_distort(c, self.cfg.distortion) for c in views.crops))
-        views.extra.update(rotations=rotations, corrupted=list(corrupted), masks=list(masks))
-        return views
+        """Clean views in crops, GMML-corrupted copies and their masks beside them."""
+        return corrupt_views(self.augment(batch.images), self.cfg.corruption)
 
-    # ---- losses -----------------------------------------------------------------------------
     def contrastive_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """Symmetric: student view 1 against teacher view 2 and vice versa, summed."""
         s1, s2 = student.chunk(2)
@@ -224,40 +225,79 @@ class SiT(Method):
             return moco_v3_loss(s1, t2, tau, gather) + moco_v3_loss(s2, t1, tau, gather)
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
-        clean, corrupted = torch.cat(views.crops[:2]), torch.cat(views.extra["corrupted"])
-        if self.cfg.variant == "latest":
-            with torch.no_grad():
-                teacher_z = self.teacher.embed(clean)
-            student_z, recon = self.student(corrupted)
-            contrastive = self.contrastive_loss(student_z, teacher_z)
-            reconstruction = masked_l1(recon, clean, torch.cat(views.extra["masks"]))
-            loss = contrastive + self.cfg.recon_weight * reconstruction
-            return {"loss": loss, "contrastive_loss": contrastive.detach(), "reconstruction_loss": reconstruction.detach()}
+        clean, corrupted = torch.cat(views.crops[:2]), torch.cat(views.corrupted)
+        with torch.no_grad():
+            teacher_z = self.teacher.embed(clean)
+        student_z, recon = self.student(corrupted)
+        contrastive = self.contrastive_loss(student_z, teacher_z)
+        reconstruction = masked_l1(recon, clean, torch.cat(views.corruption_masks))
+        loss = contrastive + self.cfg.recon_weight * reconstruction
+        return {"loss": loss, "contrastive_loss": contrastive.detach(), "reconstruction_loss": reconstruction.detach()}
+
+    def ema(self) -> list[EMA]:
+        return [EMA("student", "teacher", self.cfg.momentum)]
+
+    def backbone(self) -> nn.Module:
+        return self.teacher.vit
+
+    def reconstruction(self, corrupted: torch.Tensor) -> torch.Tensor:
+        return self.student(corrupted)[1]
+
+
+@register("sit", variant="v1")
+class SiTV1(SiT):
+    description = "SiT v1: rotation + contrastive tokens, rotation CE + NT-Xent + L1, uncertainty-weighted losses"
+    # latest's, in configs saved when one class held both
+    retired_keys = frozenset({"hidden_dim", "recon_weight", "momentum", "corruption", "gather_distributed"})
+
+    @dataclass
+    class Config:
+        name: Literal["sit"] = "sit"
+        variant: Literal["v1"] = "v1"
+        views: list[ViewSpec] = field(default_factory=sit_v1_views)
+        temperature: float = bounded(0.5, 1e-4)  # NT-Xent
+        out_dim: int = bounded(512, 1)
+        distortion: V1Distortion = field(default_factory=V1Distortion)
+        normalize: Literal["imagenet", "none"] = "imagenet"
+
+        def __post_init__(self) -> None:
+            check_two_views(self.views, one_size=True)
+
+    @classmethod
+    def backbone_options(cls, cfg: ExperimentConfig) -> dict:
+        return {**super().backbone_options(cfg), "reg_tokens": 1}  # the second extra token
+
+    def __init__(self, cfg: Config, vit: nn.Module) -> None:
+        super().__init__(cfg)
+        self.net = V1Network(vit, cfg.out_dim)
+        self.log_vars = nn.Parameter(torch.ones(3))  # rotation, contrastive, reconstruction; init 1.0
+        self.register_buffer("loss_scales", torch.tensor([1.0, 1.0, 0.5]), persistent=False)  # CE, NT-Xent, L1
+        self.ntxent = NTXentLoss(temperature=cfg.temperature)  # per-rank batch, as the official loss
+
+    def views(self, batch: Batch) -> Views:
+        """Each augmented view rotated by its label (boxes and flips describe it before the rotation), so
+        the label always names the rotation seen; the official loader rotates before its random flip,
+        which mirrors half of the 90/270 views. Then distorted: copies and masks beside the crops."""
+        views = self.augment(batch.images)
+        rotations = [torch.randint(0, 4, (len(batch),), device=c.device) for c in views.crops]
+        crops = [rotate90(c, k) for c, k in zip(views.crops, rotations)]
+        corrupted, masks = zip(*(v1_distort(c, self.cfg.distortion) for c in crops))
+        return dataclasses.replace(views, crops=crops, rotations=rotations, corrupted=list(corrupted),
+                                   corruption_masks=list(masks))
+
+    def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
+        clean, corrupted = torch.cat(views.crops[:2]), torch.cat(views.corrupted)
         rot_logits, z, recon = self.net(corrupted)
         with torch.autocast(z.device.type, enabled=False):
-            losses = torch.stack([F.cross_entropy(rot_logits.float(), torch.cat(views.extra["rotations"])),
+            losses = torch.stack([F.cross_entropy(rot_logits.float(), torch.cat(views.rotations)),
                                   self.ntxent(*z.float().chunk(2)),
                                   F.l1_loss(recon.float(), clean.float())])  # all pixels, against the rotated clean view
             loss = uncertainty_weighted(losses, self.log_vars, self.loss_scales)
         return {"loss": loss, "rotation_loss": losses[0].detach(), "contrastive_loss": losses[1].detach(),
                 "reconstruction_loss": losses[2].detach()}
 
-    # ---- state after the step ------------------------------------------------------------------
-    @torch.no_grad()
-    def after_step(self, progress: Progress) -> None:
-        if self.cfg.variant == "latest":
-            update_momentum(self.student, self.teacher, m=self.cfg.momentum(progress))
-
-    def schedule_values(self, progress: Progress) -> dict[str, float]:
-        return {"momentum": self.cfg.momentum(progress)} if self.cfg.variant == "latest" else {}
-
     def backbone(self) -> nn.Module:
-        return self.teacher.vit if self.cfg.variant == "latest" else self.net.vit
+        return self.net.vit
 
-    @preview
-    def log_images(self, views: Views) -> dict[str, torch.Tensor]:
-        corrupted = views.extra["corrupted"][0][:8]
-        recon = self.student(corrupted)[1] if self.cfg.variant == "latest" else self.net(corrupted)[2]
-        grid = reconstruction_grid(self.normalize, views.crops[0][:8], corrupted, recon.float(),
-                                   views.extra["masks"][0][:8])
-        return {f"sit_{self.cfg.variant}/clean_corrupted_reconstruction_mask": grid}
+    def reconstruction(self, corrupted: torch.Tensor) -> torch.Tensor:
+        return self.net(corrupted)[2]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ssl_zoo.config import ExperimentConfig, build_config, read_raw
 from ssl_zoo.errors import ConfigError
-from ssl_zoo.registry import available_methods, get_method_class
+from ssl_zoo.registry import available_methods, resolve_method
 
 
 def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -25,6 +25,6 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
     if not isinstance(method_raw, dict) or "name" not in method_raw:
         raise ConfigError(f"method: expected a mapping with at least 'name' (method.name is required; one of "
                           f"{', '.join(available_methods())}) and that method's keys, got {method_raw!r}")
-    method_cls = get_method_class(method_raw["name"])
-    return build_config(raw, method_cls.Config, optim_defaults=method_cls.paper_optim(),
+    method_cls, method_raw = resolve_method(method_raw)  # method.variant picks the class; retired keys dropped
+    return build_config({**raw, "method": method_raw}, method_cls.Config, optim_defaults=method_cls.paper_optim(),
                         model_defaults=method_cls.default_model(), name_hint=name_hint)

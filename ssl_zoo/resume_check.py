@@ -15,13 +15,15 @@ from typing import Any
 import torch
 
 from ssl_zoo.checkpoint import CheckpointError
+from ssl_zoo.registry import resolve_method
 
 # How the run is executed or watched, not what it computes. Everything else (method, model, data,
 # optim, and the train keys below) changes the run. Every train key is in one of the two sets
 # (tests/test_resume_check.py checks it), so a new key has to be placed knowingly.
 HARMLESS_TRAIN = frozenset({"name", "output_dir", "device", "precision", "compile", "channels_last",
                             "deterministic", "threads", "log_every", "image_every", "ckpt_every", "keep_last",
-                            "time_budget_min"})  # a resumed run keeps the step count its budget fixed
+                            "time_budget_min",  # a resumed run keeps the step count its budget fixed
+                            "global_batch"})  # the batch it fixes is train.batch_size, which is compared
 RUN_CHANGING_TRAIN = frozenset({"epochs", "max_steps", "batch_size", "accumulate", "seed", "sync_batchnorm"})
 # how to resume, not part of the run: never compared
 NOT_COMPARED = frozenset({"train.resume", "train.resume_changes"})
@@ -71,6 +73,16 @@ def config_changes(old: dict, new: dict) -> tuple[list[Change], list[Change]]:
     return [c for c in changes if not is_harmless(c.key)], [c for c in changes if is_harmless(c.key)]
 
 
+def without_retired_keys(old: dict) -> dict:
+    """`old` without the method fields its class retires: a config saved when one class held two
+    algorithms (SiT, SatMAE++) carries the other algorithm's fields, which never changed that run and
+    which loading drops (ssl_zoo.registry.resolve_method), so their absence now is no change."""
+    method = old.get("method")
+    if not isinstance(method, dict):
+        return old
+    return {**old, "method": resolve_method(method)[1]}
+
+
 def _listed(changes: list[Change]) -> str:
     shown = ", ".join(map(str, changes[:SHOWN]))
     return shown + (f" ... and {len(changes) - SHOWN} more" if len(changes) > SHOWN else "")
@@ -84,7 +96,7 @@ def check_resume_config(old: Any, new: dict, policy: str, checkpoint: Path) -> s
             raise CheckpointError(f"{checkpoint} holds no config to compare with this run's; train under another "
                                   f"train.name, or resume anyway with train.resume_changes=allow")
         return f"train.resume_changes=allow: {checkpoint} holds no config; resuming without comparing configs"
-    run, harmless = config_changes(old, new)
+    run, harmless = config_changes(without_retired_keys(old), new)
     if run and policy != "allow":
         raise CheckpointError(f"resuming {checkpoint} with a config that changes the run ({_listed(run)}); train "
                               f"under another train.name, or resume anyway with train.resume_changes=allow")

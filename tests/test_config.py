@@ -11,7 +11,7 @@ import pytest
 from ssl_zoo.config import (ConfigError, DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, build_dataclass,
                             dump_yaml, parse_overrides)
 from ssl_zoo.experiment import load_config
-from ssl_zoo.registry import available_methods
+from ssl_zoo.registry import available_methods, method_variants
 from tests.conftest import ROOT
 
 
@@ -131,9 +131,11 @@ def every_numeric_leaf() -> Iterator[tuple[str, dict]]:
     """(path, raw config) with a placeholder `VALUE` in each numeric field of every section and method."""
     sections = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
                 "eval": EvalConfig}
-    for name, cls in available_methods().items():
-        for path, make in numeric_leaves(cls.Config, "method"):
-            yield path, lambda v, name=name, make=make: {"method": {"name": name, **make(v)}}
+    for name, default in available_methods().items():
+        for variant, cls in (method_variants(name) or {None: default}).items():
+            selects = {"name": name} if variant is None else {"name": name, "variant": variant}
+            for path, make in numeric_leaves(cls.Config, "method"):
+                yield path, lambda v, selects=selects, make=make: {"method": {**selects, **make(v)}}
     for section, cls in sections.items():
         for path, make in numeric_leaves(cls, section):
             yield path, lambda v, section=section, make=make: {"method": {"name": "simclrv2"}, section: make(v)}

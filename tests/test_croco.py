@@ -60,7 +60,7 @@ def test_vit_b16_at_224_masks_176_of_196_and_both_images_go_through_one_encoder(
     views = method.views(images(2, size=256, pair=True))
     first, second = views.crops
     assert first.shape == second.shape == (2, 3, 224, 224)
-    keep, masked = views.extra["idx_keep"], views.extra["idx_mask"]
+    keep, masked = views.idx_keep, views.idx_mask
     assert keep.shape == (2, 20) and masked.shape == (2, 176)
     assert mask_from_indices(masked, 196).sum(1).tolist() == [176.0, 176.0]
     for k, m in zip(keep, masked):
@@ -109,7 +109,7 @@ def test_loss_is_the_mask_weighted_norm_pix_mse_and_visible_patches_get_no_gradi
     assert method.num_masked == 14  # int(0.9 * 16): 7 px patches at 28 px
     torch.manual_seed(3)
     views = method.views(images(4))
-    keep, masked = views.extra["idx_keep"], views.extra["idx_mask"]
+    keep, masked = views.idx_keep, views.idx_mask
     captured = {}
 
     def keep_grad(module, args, out):

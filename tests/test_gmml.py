@@ -117,7 +117,7 @@ def test_loss_gradient_is_zero_outside_the_mask(tmp_path):
     method.head.register_forward_hook(keep_grad)
     method.training_step(views, Progress(0, 10, 0, 10))["loss"].backward()
     grad = captured["recon"].grad
-    mask = torch.cat(views.extra["masks"]).expand_as(grad)
+    mask = torch.cat(views.corruption_masks).expand_as(grad)
     assert grad.shape == (8, 3, 28, 28)
     assert torch.count_nonzero(grad[mask == 0]) == 0
     assert (grad[mask == 1] != 0).float().mean() > 0.99
@@ -128,7 +128,7 @@ def test_training_step_is_the_masked_l1_of_the_corrupted_pass(tmp_path):
     torch.manual_seed(6)
     views = method.views(images(4))
     loss = method.training_step(views, Progress(0, 10, 0, 10))["loss"]
-    clean, corrupted, masks = views.crops, views.extra["corrupted"], views.extra["masks"]
+    clean, corrupted, masks = views.crops, views.corrupted, views.corruption_masks
     for c, x, m in zip(clean, corrupted, masks):  # the corrupted views are the clean ones outside the mask
         assert torch.equal(x * (1 - m), c * (1 - m)) and not torch.equal(x, c)
     with torch.no_grad():

@@ -52,7 +52,7 @@ def test_vit_b16_at_224_encoder_sees_49_patches_plus_cls_and_147_are_masked(vit_
     assert method.cfg.mask_ratio == 0.75 and method.num_patches == 196 and method.patch_size == 16
     torch.manual_seed(1)
     views = method.views(images(2, size=224))
-    keep, masked = views.extra["idx_keep"], views.extra["idx_mask"]
+    keep, masked = views.idx_keep, views.idx_mask
     assert keep.shape == (2, 49) and masked.shape == (2, 147)
     mask = mask_from_indices(masked, 196)
     assert mask.sum(1).tolist() == [147.0, 147.0]
@@ -87,7 +87,7 @@ def test_loss_gradient_is_zero_at_visible_patches_and_nonzero_at_masked_ones(tmp
     method = tiny_mae(tmp_path)
     torch.manual_seed(3)
     views = method.views(images(4))
-    x, keep, masked = views.crops[0], views.extra["idx_keep"], views.extra["idx_mask"]
+    x, keep, masked = views.crops[0], views.idx_keep, views.idx_mask
     pred = method.reconstruct(x, keep).detach().requires_grad_()
     loss = method.masked_loss(pred, method.targets(x), masked)
     loss.backward()
@@ -116,7 +116,7 @@ def test_loss_equals_the_official_mask_weighted_formula(tmp_path):
     method = tiny_mae(tmp_path)
     torch.manual_seed(4)
     views = method.views(images(4))
-    x, keep, masked = views.crops[0], views.extra["idx_keep"], views.extra["idx_mask"]
+    x, keep, masked = views.crops[0], views.idx_keep, views.idx_mask
     torch.manual_seed(5)
     loss = method.training_step(views, Progress(0, 10, 0, 10))["loss"]
     with torch.no_grad():

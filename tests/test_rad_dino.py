@@ -50,7 +50,7 @@ def test_method_masks_int_2b_half_of_its_global_crops(tmp_path):
     method = tiny(tmp_path)
     for batch in (3, 5):
         views = method.views(random_images(batch))
-        masks = views.extra["masks"]
+        masks = views.patch_masks
         assert masks.shape == (2 * batch, 4, 4)  # 28 px / 7 px patches
         assert int((masks.flatten(1).sum(1) > 0).sum()) == int(2 * batch * 0.5)
 
@@ -144,8 +144,8 @@ def test_518_px_at_patch_14_is_a_37_by_37_grid(tmp_path):
     assert method.patch_size == 14
     torch.manual_seed(6)
     views = method.views(random_images(2, size=64))
-    assert views.crops[0].shape[-2:] == (518, 518) and views.extra["masks"].shape == (4, 37, 37)
-    cls, patches = method.student.tokens(torch.cat(views.crops[:2]), views.extra["masks"].flatten(1))
+    assert views.crops[0].shape[-2:] == (518, 518) and views.patch_masks.shape == (4, 37, 37)
+    cls, patches = method.student.tokens(torch.cat(views.crops[:2]), views.patch_masks.flatten(1))
     assert patches.shape == (4, 37 * 37, 32)
 
 
@@ -226,8 +226,8 @@ def test_log_images_has_views_and_the_masked_global_crop(tmp_path):
     method = tiny(tmp_path)
     torch.manual_seed(11)
     views = method.views(random_images(4))
-    views.extra["masks"].zero_()
-    views.extra["masks"][0, 0, 0] = True  # image 0 of global crop 0: its top-left 7 x 7 patch
+    views.patch_masks.zero_()
+    views.patch_masks[0, 0, 0] = True  # image 0 of global crop 0: its top-left 7 x 7 patch
     grids = method.log_images(views)
     plain, masked = grids["views/0"], grids["masks/global_0"]
     assert masked.shape == plain.shape == (3, 32, 122)  # 4 images of 28 px, 2 px padding

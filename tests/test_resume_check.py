@@ -31,6 +31,18 @@ def test_run_changing_and_harmless_keys_are_told_apart(tmp_path):
                                          "train.threads"]
 
 
+def test_a_run_saved_when_sit_held_both_algorithms_resumes_without_a_change(tmp_path):
+    """Its config carries v1's `distortion` (ignored by latest then); today's latest Config has no such
+    field: not a change to the run. A real change is still one."""
+    raw = tiny_config("sit", tmp_path)
+    new = to_dict(load_config(raw))
+    saved = {**new, "method": {**new["method"], "distortion": {"blur_kernel": 5}}}
+    assert check_resume_config(saved, new, "refuse", tmp_path / "last.pt") is None
+    changed = {**saved, "method": {**saved["method"], "temperature": 0.3}}
+    with pytest.raises(CheckpointError, match=r"method.temperature: 0.3 -> 0.2"):
+        check_resume_config(changed, new, "refuse", tmp_path / "last.pt")
+
+
 def test_every_train_key_is_classified_once():
     """A new train key must be placed knowingly: harmless, run-changing, or about resuming itself."""
     keys = {f.name for f in dataclasses.fields(TrainConfig)}

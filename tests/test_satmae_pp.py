@@ -11,7 +11,7 @@ from ssl_zoo.config import ConfigError, DataConfig
 from ssl_zoo.experiment import load_config
 from ssl_zoo.data import Batch, DataError, build_dataset
 from ssl_zoo.methods.base import build_method
-from ssl_zoo.methods.satmae_pp import SatMAEPP, group_masked_mse
+from ssl_zoo.methods.satmae_pp import SatMAEPP, SatMAEPPRGB, group_masked_mse
 from ssl_zoo.schedules import Progress
 from tests.conftest import fit_losses, tiny_config
 
@@ -51,7 +51,7 @@ def test_3_groups_x_144_tokens_mask_keeps_108_of_432_and_the_encoder_sees_109(se
     torch.manual_seed(1)
     views = method.views(uint8_images(2, 10, 120))
     assert [tuple(c.shape[-2:]) for c in views.crops] == [(96, 96), (192, 192), (384, 384)]
-    keep, masked = views.extra["idx_keep"], views.extra["idx_mask"]
+    keep, masked = views.idx_keep, views.idx_mask
     assert keep.shape == (2, 108) and masked.shape == (2, 324)
     for k, m in zip(keep, masked):
         assert sorted(torch.cat([k, m]).tolist()) == list(range(432))
@@ -164,10 +164,10 @@ def test_total_loss_is_0_6_mse_plus_0_4_mean_of_the_two_l1s(tmp_path):
     views = method.views(build_dataset(load_config(ms_config(tmp_path)).data).__getitems__(list(range(4))))
     out = method.training_step(views, Progress(0, 10, 0, 10))
     with torch.no_grad():
-        pred = method.reconstruct(views.crops[0], views.extra["idx_keep"])
+        pred = method.reconstruct(views.crops[0], views.idx_keep)
         x2, x4 = method.head(method.as_image(pred))
         l1 = 0.5 * (x2 - views.crops[1]).abs().mean() + 0.5 * (x4 - views.crops[2]).abs().mean()
-        mse = group_masked_mse(pred, method.targets(views.crops[0]), method.encoder.groups, views.extra["idx_mask"])
+        mse = group_masked_mse(pred, method.targets(views.crops[0]), method.encoder.groups, views.idx_mask)
     assert torch.allclose(out["loss"].detach(), 0.6 * mse + 0.4 * l1, rtol=1e-5)
 
 
@@ -187,10 +187,11 @@ def test_rgb_variant_is_mae_plus_one_upsample_block(tmp_path):
     raw["method"].update(variant="rgb", normalize="fmow_rgb", view={"size": 56, "jitter_p": 0.0, "gray_p": 0.0})
     raw["model"] = {"backbone": "vit_tiny_patch16_224", "patch_size": 4}
     method = build_method(load_config(raw))
+    assert type(method) is SatMAEPPRGB and type(build_method(load_config(tiny_config("satmae_pp", tmp_path)))) is SatMAEPP
     torch.manual_seed(4)
     views = method.views(uint8_images(4, 3, 28))
     assert [tuple(c.shape[-2:]) for c in views.crops] == [(28, 28), (56, 56)]
-    assert views.extra["idx_keep"].shape == (4, 12)  # int(49 * 0.25) of 7 x 7
+    assert views.idx_keep.shape == (4, 12)  # int(49 * 0.25) of 7 x 7
     assert type(method.backbone()).__name__ == "VisionTransformer" and method.head.names == ["up_block"]
     out = method.training_step(views, Progress(0, 10, 0, 10))
     assert torch.isfinite(out["loss"]) and set(out) == {"loss", "mse", "l1"}

@@ -34,7 +34,7 @@ def region(k: int, grid: int = 4, patch: int = 7) -> tuple:
 def masked_views(method: Selfie, n: int = 3, seed: int = 1):
     torch.manual_seed(seed)
     views = method.views(images(n, size=method.cfg.view.size, seed=seed))
-    return views.crops[0], views.extra["idx_keep"], views.extra["idx_mask"]
+    return views.crops[0], views.idx_keep, views.idx_mask
 
 
 @pytest.fixture(scope="module")
@@ -250,12 +250,12 @@ def test_log_images_shows_input_masked_and_chosen_patches_without_touching_bn(tm
     tiles = lambda r: torch.stack([grid[:, 2 + r * 30: 30 + r * 30, 2 + t * 30: 30 + t * 30]  # noqa: E731
                                    for t in range(8)])
     shown, blanked, filled = (patchify(tiles(r), 7) for r in range(3))
-    masked = views.extra["idx_mask"]
+    masked = views.idx_mask
     with torch.no_grad():
-        choice = method.eval().logits(views.crops[0], views.extra["idx_keep"], masked).argmax(-1)
+        choice = method.eval().logits(views.crops[0], views.idx_keep, masked).argmax(-1)
     rows = torch.arange(8)[:, None]
     assert torch.count_nonzero(blanked[rows, masked]) == 0  # masked patches blanked, the rest shown
-    assert torch.allclose(blanked[rows, views.extra["idx_keep"]], shown[rows, views.extra["idx_keep"]])
+    assert torch.allclose(blanked[rows, views.idx_keep], shown[rows, views.idx_keep])
     # masked location i shows the image's own masked patch the model picks for it
     assert torch.allclose(filled[rows, masked], shown[rows, masked.gather(1, choice)], atol=1e-6)
 

@@ -11,7 +11,7 @@ from ssl_zoo.augment import Normalize, to_unit
 from ssl_zoo.config import ConfigError
 from ssl_zoo.experiment import load_config
 from ssl_zoo.corruption import V1Distortion, v1_distort
-from ssl_zoo.methods.sit import SiT, moco_v3_loss, rotate90, uncertainty_weighted
+from ssl_zoo.methods.sit import SiT, SiTLatest, SiTV1, moco_v3_loss, rotate90, uncertainty_weighted
 from ssl_zoo.schedules import Progress
 from ssl_zoo.trainer import Trainer
 from tests.conftest import logged_losses, random_images, tiny_config, tiny_method
@@ -45,8 +45,13 @@ def keep_output_grad(module: torch.nn.Module, index: int | None = None) -> dict:
 # ----------------------------------------------------------------------------- variants and config
 
 
+def test_the_variant_selects_one_class_per_algorithm(tmp_path):
+    assert type(tiny_sit(tmp_path)) is SiTLatest and type(tiny_sit(tmp_path, variant="v1")) is SiTV1
+    assert type(tiny_sit(tmp_path, variant="latest")) is SiTLatest
+
+
 def test_variant_defaults_are_the_two_recipes():
-    latest, v1 = SiT.Config(), SiT.Config(variant="v1")
+    latest, v1 = SiTLatest.Config(), SiTV1.Config()
     assert latest.variant == "latest" and (latest.temperature, latest.out_dim, latest.hidden_dim) == (0.2, 256, 4096)
     assert [(v.scale, v.blur_p, v.solarize_p, v.jitter_p, v.gray_p) for v in latest.views] == [
         ((0.2, 1.0), 1.0, 0.0, 0.8, 0.2), ((0.2, 1.0), 0.1, 0.2, 0.8, 0.2)]
@@ -89,7 +94,7 @@ def test_losses_stay_fp32_under_bf16_autocast(tmp_path):
     ({"temperature": 0.0}, r"method.temperature.*0.0.*out of range"),
     ({"views": [{"size": 28}] * 3}, r"exactly 2 views, got 3"),
     ({"corruption": {"fill": "ones"}}, r"method.corruption.fill.*'ones'.*'noise', 'zeros'"),
-    ({"distortion": {"blur_kernel": 1}}, r"method.distortion.blur_kernel.*1.*\[3, inf\]"),
+    ({"variant": "v1", "distortion": {"blur_kernel": 1}}, r"method.distortion.blur_kernel.*1.*\[3, inf\]"),
 ])
 def test_bad_config_values_raise_config_error(tmp_path, method, match):
     raw = tiny_config("sit", tmp_path)
@@ -132,11 +137,11 @@ def test_v1_views_are_rotated_by_their_labels_then_distorted(tmp_path):
     torch.manual_seed(1)
     views = method.views(batch)
     upright = Normalize("imagenet")(to_unit(batch.images))  # the un-rotated view: the whole image
-    for crop, k in zip(views.crops, views.extra["rotations"]):
+    for crop, k in zip(views.crops, views.rotations):
         assert k.shape == (64,) and set(k.tolist()) == {0, 1, 2, 3}
         expected = torch.stack([torch.rot90(upright[i], int(k[i]), (1, 2)) for i in range(64)])
         assert torch.allclose(crop, expected, atol=1e-5)
-    for crop, corrupted, mask in zip(views.crops, views.extra["corrupted"], views.extra["masks"]):
+    for crop, corrupted, mask in zip(views.crops, views.corrupted, views.corruption_masks):
         keep = mask.expand_as(crop) == 0
         assert torch.equal(corrupted[keep], crop[keep]) and not torch.equal(corrupted, crop)
 
@@ -216,7 +221,7 @@ def test_latest_teacher_sees_clean_views_and_gets_no_gradient(tmp_path):
     views = method.views(images(8))
     method.training_step(views, STEP)["loss"].backward()
     assert torch.equal(seen["teacher"], torch.cat(views.crops))
-    assert torch.equal(seen["student"], torch.cat(views.extra["corrupted"]))
+    assert torch.equal(seen["student"], torch.cat(views.corrupted))
     assert all(not p.requires_grad and p.grad is None for p in method.teacher.parameters())
     assert all(p.grad is not None for p in method.student.parameters())
     optimised = {id(p) for g in method.param_groups(load_config(tiny_config("sit", tmp_path)).optim) for p in g["params"]}
@@ -231,10 +236,10 @@ def test_latest_l1_counts_only_corrupted_pixels(tmp_path):
     views = method.views(images(8))
     method.training_step(views, STEP)["loss"].backward()
     grad = recon["out"].grad
-    mask = torch.cat(views.extra["masks"]).expand_as(grad)
+    mask = torch.cat(views.corruption_masks).expand_as(grad)
     assert torch.count_nonzero(grad[mask == 0]) == 0
     assert (grad[mask == 1] != 0).float().mean() > 0.99
-    fraction = torch.cat(views.extra["masks"]).mean((1, 2, 3))
+    fraction = torch.cat(views.corruption_masks).mean((1, 2, 3))
     assert fraction.min() >= 0.3 and fraction.max() < 0.7  # 50% zeros or 30% pasted
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import kornia.augmentation as K
@@ -49,12 +49,23 @@ class ViewSpec:
 
 @dataclass
 class Views:
-    """Views of one batch plus the geometry each one applied."""
+    """Views of one batch plus the geometry each one applied, and what a method draws with them (masks,
+    corrupted copies, labels): typed fields, None where the method draws none. Methods add theirs with
+    dataclasses.replace, so views are not changed after they are built."""
 
     crops: list[torch.Tensor]  # each (B, C, h, w), float, normalised
     boxes: list[torch.Tensor]  # each (B, 4): x1, y1, x2, y2 in [0, 1] of the original; x1 > x2 when flipped
     flips: list[torch.Tensor]  # each (B,) bool
-    extra: dict = field(default_factory=dict)  # method-specific (masks, labels, ...)
+    # token split of crops[0] (MAE-style masking: MAE, CroCo, SatMAE++, Selfie): (B, kept) and (B, masked)
+    # token indices, row-major (group-major for SatMAE++'s group ViT)
+    idx_keep: torch.Tensor | None = None
+    idx_mask: torch.Tensor | None = None
+    # pixel corruption of the first crops (GMML, SiT): corrupted copies and their masks, each (B, 1, h, w),
+    # 1 where a pixel was corrupted
+    corrupted: list[torch.Tensor] | None = None
+    corruption_masks: list[torch.Tensor] | None = None
+    rotations: list[torch.Tensor] | None = None  # each (B,) long: quarter turns applied to each crop (SiT v1)
+    patch_masks: torch.Tensor | None = None  # (n, h, w) bool over the patch grid of the global crops (iBOT)
 
 
 class Normalize(nn.Module):
