@@ -17,7 +17,7 @@ PACKAGES = {"ssl_zoo": ROOT / "ssl_zoo", "ssl_zoo.methods": ROOT / "methods", "s
 # module-name prefix -> layer; anything in ssl_zoo not named here is the engine (layer 0)
 LAYERS = {
     "ssl_zoo.backbones": 1, "ssl_zoo.methods": 1, "ssl_zoo.registry": 1, "ssl_zoo.experiment": 1,
-    "ssl_zoo.trainer": 2,
+    "ssl_zoo.trainer": 2, "ssl_zoo.resume_check": 2,
     "ssl_zoo.eval": 3, "ssl_zoo.hub": 3, "ssl_zoo.launch": 3,
     "ssl_zoo.cli": 4, "ssl_zoo.__main__": 4,
 }

@@ -9,7 +9,8 @@ import re
 import pytest
 import torch
 
-from ssl_zoo.config import ConfigError, load_config
+from ssl_zoo.config import ConfigError
+from ssl_zoo.experiment import load_config
 from ssl_zoo.methods.base import build_method
 from ssl_zoo.schedules import Progress
 from tests.test_state_dict_layout import CASES, case_config
