@@ -212,7 +212,7 @@ class RADDINO(SelfDistillation):
         return minmax_scale(images) if self.cfg.intensity_minmax else images
 
     def views(self, batch: Batch) -> Views:
-        views = self.augment(self.intensity(batch.images))
+        views = self.augment(self.intensity(batch.images), batch.sizes)
         grid = self.cfg.global_views[0].size // self.patch_size
         cfg = self.cfg
         views.extra["masks"] = block_masks(2 * len(batch), grid, grid, cfg.mask_fraction, cfg.mask_ratio,

@@ -205,7 +205,7 @@ class SiT(Method):
         """Clean views in crops, corrupted copies and masks in extra. v1 rotates each augmented view
         (boxes and flips describe it before the rotation), so the label always names the rotation seen;
         the official loader rotates before its random flip, which mirrors half of the 90/270 views."""
-        views = self.augment(batch.images)
+        views = self.augment(batch.images, batch.sizes)
         if self.cfg.variant == "latest":
             return corrupt_views(views, self.cfg.corruption)
         rotations = [torch.randint(0, 4, (len(batch),), device=c.device) for c in views.crops]

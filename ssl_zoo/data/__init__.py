@@ -16,7 +16,8 @@ from ssl_zoo.data.pairs import ImagePairs
 from ssl_zoo.data.sampler import ResumableSampler
 from ssl_zoo.data.synthetic import SyntheticImages
 
-__all__ = ["Batch", "DataError", "ResumableSampler", "build_dataset", "build_loader", "pretraining_set", "to_channels"]
+__all__ = ["Batch", "DataError", "ResumableSampler", "build_dataset", "build_loader", "pretraining_set",
+           "to_channels"]
 
 
 def build_dataset(cfg: DataConfig, split: str = "train",

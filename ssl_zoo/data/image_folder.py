@@ -59,9 +59,12 @@ def _resized(path: Path, load_size: int, channels: int) -> np.ndarray:
         raise UnreadableImage(path, e) from e
 
 
-def _centre(arr: np.ndarray, height: int, width: int) -> torch.Tensor:
-    """The central height x width part of an (H, W[, 3]) array as a (C, height, width) tensor."""
-    top, left = (arr.shape[0] - height) // 2, (arr.shape[1] - width) // 2
+def _crop(arr: np.ndarray, load_size: int, height: int, width: int) -> torch.Tensor:
+    """A central height x width part of an (H, W[, 3]) array (short side load_size) as a (C, height, width)
+    tensor, placed so that its own centre load_size square is the array's (rounding included): the
+    evaluation square of an image is the centre of its training image."""
+    top = (arr.shape[0] - load_size) // 2 - (height - load_size) // 2
+    left = (arr.shape[1] - load_size) // 2 - (width - load_size) // 2
     t = torch.from_numpy(arr[top:top + height, left:left + width].copy())
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
 
@@ -73,14 +76,14 @@ def _channels(t: torch.Tensor, channels: int) -> torch.Tensor:
 def decode_image(path: Path, load_size: int, channels: int) -> torch.Tensor:
     """(channels, load_size, load_size) uint8: short side resized to load_size, centre square cropped
     (evaluation images, pairs)."""
-    return _channels(_centre(_resized(path, load_size, channels), load_size, load_size), channels)
+    return _channels(_crop(_resized(path, load_size, channels), load_size, load_size, load_size), channels)
 
 
 def decode_whole(path: Path, load_size: int, channels: int, longest: int) -> torch.Tensor:
     """(channels, h, w) uint8 with the aspect ratio kept: short side at load_size, the long side centre-cropped
     to at most `longest` (training images: RandomResizedCrop then sees the whole photo)."""
     arr = _resized(path, load_size, channels)
-    return _channels(_centre(arr, min(arr.shape[0], longest), min(arr.shape[1], longest)), channels)
+    return _channels(_crop(arr, load_size, min(arr.shape[0], longest), min(arr.shape[1], longest)), channels)
 
 
 def pad_into(images: list[torch.Tensor], side: int) -> tuple[torch.Tensor, torch.Tensor]:
