@@ -40,8 +40,8 @@ def torchvision_boxes(n: int, height: int, width: int) -> torch.Tensor:
     torch.manual_seed(11)
     image = torch.empty(1, height, width)
     rows = [RandomResizedCrop.get_params(image, list(SCALE), list(RATIO)) for _ in range(n)]  # (top, left, h, w)
-    t = torch.tensor(rows, dtype=torch.float64)
-    return torch.stack([t[:, 1] / width, t[:, 0] / height, (t[:, 1] + t[:, 3]) / width, (t[:, 0] + t[:, 2]) / height], 1)
+    top, left, h, w = torch.tensor(rows, dtype=torch.float64).unbind(1)
+    return torch.stack([left / width, top / height, (left + w) / width, (top + h) / height], 1)
 
 
 def canvases(n: int, height: int, width: int, side: int) -> tuple[torch.Tensor, torch.Tensor]:
