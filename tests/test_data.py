@@ -108,6 +108,19 @@ def test_missing_path_and_empty_folder_fail_before_training(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
+def test_the_trainer_trains_on_whole_images_and_evaluates_centre_squares(tmp_path, one_thread):
+    folder = tmp_path / "images"
+    make_folder(folder, per_class=4)  # 20 x 26 photos
+    cfg = tiny_config("dino", tmp_path, train={"batch_size": 4})
+    cfg["data"] = {"kind": "image_folder", "path": str(folder), "load_size": 28}
+    trainer = Trainer(load_config(cfg))
+    batch = next(iter(trainer.loader))
+    assert batch.images.shape[-2:] == (37, 37) and batch.sizes.tolist() == [[28, 36]] * 4  # canvas round(28 * 4/3)
+    assert trainer.train_set.__getitems__([0]).images.shape[-2:] == (28, 28)  # the k-NN memory
+    views = trainer.method.views(batch)
+    assert len(views.crops) > 2 and all(b.min() >= 0 and b.max() <= 1 for b in views.boxes)
+
+
 def test_sampler_resumes_mid_epoch_and_splits_ranks():
     full = list(ResumableSampler(100, 10, seed=3))
     assert len(full) == 100 and sorted(full) == list(range(100))
