@@ -12,6 +12,13 @@ from ssl_zoo.trainer import Trainer
 from tests.conftest import FASHION_MNIST, tiny_config
 
 
+@pytest.fixture(autouse=True)
+def index_cache(tmp_path_factory, monkeypatch):
+    """Image-folder indexes of these tests go to a folder of their own (outside the image folders), not to
+    ~/.cache/ssl_zoo."""
+    monkeypatch.setenv("SSL_ZOO_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 def test_fashion_mnist_splits_labels_and_channels():
     train = FashionMNIST(str(FASHION_MNIST), "train", channels=3)
     test = FashionMNIST(str(FASHION_MNIST), "test", channels=1)

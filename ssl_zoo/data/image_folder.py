@@ -1,8 +1,11 @@
 """Images from a folder: class sub-folders (labelled) or a flat folder (unlabeled).
 
 Decoding and resizing happen here, in the loader workers; everything random happens later on
-the device. A corrupt image is skipped (replaced by the next readable one, counted, warned
-once) or raises, per `data.on_bad_image`.
+the device. Evaluation gets each image's centre load_size square; training gets the whole image
+(aspect kept, long side capped, centred in a square canvas, its valid size in Batch.sizes), because
+RandomResizedCrop on the centre square never sees about a quarter of a 4:3 photo. A corrupt image
+is skipped (replaced by the next readable one, counted, warned once) or raises, per
+`data.on_bad_image`.
 """
 
 from __future__ import annotations
