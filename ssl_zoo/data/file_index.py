@@ -125,13 +125,14 @@ def build_index(root: Path, extensions: set[str]) -> FileIndex:
         raise DataError(f"data.path does not exist: {root}")
     if not root.is_dir():
         raise DataError(f"data.path is not a folder: {root}")
+    root_mtime = os.stat(root).st_mtime_ns  # before the root is listed, as for every directory
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     files: list[str] = []
     labels: list[int] = []
     dirs: list[str] = []
     mtimes: list[int] = []
     if classes:
-        mtimes.append(os.stat(root).st_mtime_ns)
+        mtimes.append(root_mtime)
         dirs.append("")
         for label, name in enumerate(classes):
             found: list[str] = []
@@ -140,6 +141,7 @@ def build_index(root: Path, extensions: set[str]) -> FileIndex:
             labels += [label] * len(found)
     else:
         _walk(root, "", extensions, False, files, dirs, mtimes)
+        mtimes[0] = root_mtime  # the stat before the class listing above
         labels = [-1] * len(files)
     if not files:
         raise DataError(f"no images ({', '.join(sorted(extensions))}) found under {root}")
