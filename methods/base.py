@@ -133,7 +133,7 @@ class Method(nn.Module):
     # ---- the contract ---------------------------------------------------------------------
     def views(self, batch: Batch) -> Views:
         """Augmented views on the batch's device; by default the method's `augment` pipeline."""
-        return self.augment(batch.images)
+        return self.augment(batch.images, batch.sizes)
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -138,7 +138,7 @@ class GMML(Method):
         self.normalize = Normalize(cfg.normalize)
 
     def views(self, batch: Batch) -> Views:
-        return corrupt_views(self.augment(batch.images), self.cfg.corruption)
+        return corrupt_views(self.augment(batch.images, batch.sizes), self.cfg.corruption)
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         grid = self.vit.patch_embed.dynamic_feat_size(images.shape[-2:])

@@ -82,7 +82,7 @@ class MAE(Method):
         self.eval_size = cfg.view.size  # the encoder's position embedding is fixed to this size
 
     def views(self, batch: Batch) -> Views:
-        views = self.augment(batch.images)
+        views = self.augment(batch.images, batch.sizes)
         keep, masked = random_patch_mask(len(batch), self.num_patches, self.cfg.mask_ratio, views.crops[0].device)
         return dataclasses.replace(views, idx_keep=keep, idx_mask=masked)
 

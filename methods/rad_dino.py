@@ -206,7 +206,7 @@ class RADDINO(SelfDistillation):
         return minmax_scale(images) if self.cfg.intensity_minmax else images
 
     def views(self, batch: Batch) -> Views:
-        views = self.augment(self.intensity(batch.images))
+        views = self.augment(self.intensity(batch.images), batch.sizes)
         grid = self.cfg.global_views[0].size // self.patch_size
         cfg = self.cfg
         masks = block_masks(2 * len(batch), grid, grid, cfg.mask_fraction, cfg.mask_ratio, cfg.mask_min_patches,

@@ -191,7 +191,7 @@ class MultiScaleMAE(Method):
     # ---- views and loss -----------------------------------------------------------------------
     def views(self, batch: Batch) -> Views:
         """crops = [input, x2 target, (x4 target)]: one crop + flip, halved repeatedly; plus the mask."""
-        big, boxes, flips = self.crop(batch.images)
+        big, boxes, flips = self.crop(batch.images, batch.sizes)
         pyramid = [big]
         for _ in self.head.names:
             pyramid.insert(0, halve(pyramid[0]))

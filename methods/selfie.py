@@ -141,7 +141,7 @@ class Selfie(Method):
         self.eval_size = cfg.view.size
 
     def views(self, batch: Batch) -> Views:
-        views = self.augment(batch.images)
+        views = self.augment(batch.images, batch.sizes)
         keep, masked = random_patch_split(len(batch), self.num_patches, self.cfg.num_masked, views.crops[0].device)
         return dataclasses.replace(views, idx_keep=keep, idx_mask=masked)
 

@@ -214,7 +214,7 @@ class SiTLatest(SiT):
 
     def views(self, batch: Batch) -> Views:
         """Clean views in crops, GMML-corrupted copies and their masks beside them."""
-        return corrupt_views(self.augment(batch.images), self.cfg.corruption)
+        return corrupt_views(self.augment(batch.images, batch.sizes), self.cfg.corruption)
 
     def contrastive_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """Symmetric: student view 1 against teacher view 2 and vice versa, summed."""
@@ -278,7 +278,7 @@ class SiTV1(SiT):
         """Each augmented view rotated by its label (boxes and flips describe it before the rotation), so
         the label always names the rotation seen; the official loader rotates before its random flip,
         which mirrors half of the 90/270 views. Then distorted: copies and masks beside the crops."""
-        views = self.augment(batch.images)
+        views = self.augment(batch.images, batch.sizes)
         rotations = [torch.randint(0, 4, (len(batch),), device=c.device) for c in views.crops]
         crops = [rotate90(c, k) for c, k in zip(views.crops, rotations)]
         corrupted, masks = zip(*(v1_distort(c, self.cfg.distortion) for c in crops))

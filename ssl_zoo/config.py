@@ -46,6 +46,9 @@ class DataConfig:
     pairs_source: Literal["fashion_mnist", "image_folder", "synthetic"] = "image_folder"  # synthetic_pairs: images
     eval_path: str = ""  # image_folder / multispectral: labelled folder used as k-NN query set
     load_size: int = bounded(28, 8, 4096)  # images leave the loader at this square size (uint8)
+    # image_folder training: the short side goes to load_size and the long side is kept up to about max_aspect x
+    # load_size (whole photos for RandomResizedCrop, padded into squares); 1: the centre load_size square
+    max_aspect: float = bounded(4 / 3, 1.0, 16.0)
     channels: int = bounded(3, 1, 64)  # grayscale data is replicated to this many channels
     num_workers: int = bounded(0, 0, 256)
     on_bad_image: Literal["skip", "error"] = "skip"

@@ -3,11 +3,24 @@
 Dense methods (PixPro) match feature bins across two views by position in the ORIGINAL image.
 A view records its box as normalised (x1, y1, x2, y2) with x1 > x2 when it was flipped
 (ssl_zoo.augment.Views.boxes), so walking the bins from x1 towards x2 already follows the flip.
+
+Whole images (data.max_aspect > 1) travel centred in square canvases; `valid_offset` is the one rule
+the loader pads by and the augmentation crops by.
 """
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
+
+Side = TypeVar("Side", int, torch.Tensor)
+
+
+def valid_offset(canvas: int, side: Side) -> Side:
+    """Where an image side of length `side` starts inside a canvas side of length `canvas` (centred, rounded
+    down): Python ints in the loader, tensors of sizes on the device."""
+    return (canvas - side) // 2
 
 
 def bin_centres(boxes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -24,7 +24,7 @@ from ssl_zoo.augment import Views
 from ssl_zoo.budget import MEASURE_STEPS, SKIP_STEPS, EvalCost, StepTimer, steps_within_budget
 from ssl_zoo.checkpoint import CheckpointManager, atomic_write_text, remove_stale_temporaries
 from ssl_zoo.config import ExperimentConfig, per_rank_batch, to_dict
-from ssl_zoo.data import ResumableSampler, build_dataset, build_loader
+from ssl_zoo.data import ResumableSampler, build_dataset, build_loader, pretraining_set
 from ssl_zoo.diagnostics import collapse_diagnostics, collapse_warning
 from ssl_zoo.errors import CheckpointError, ConfigError, NonFiniteLossError
 from ssl_zoo.eval.knn import extract_features, knn_eval
@@ -107,15 +107,16 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
         # data first: a missing dataset fails before any model is built
-        self.train_set = build_dataset(cfg.data, "train")
+        self.train_set = build_dataset(cfg.data, "train")  # evaluation (k-NN memory): centre squares
         self.test_set = build_dataset(cfg.data, "test") if _has_labels(self.train_set) else None
+        self.pretrain_set = pretraining_set(cfg.data, self.train_set)  # training: whole images
         if cfg.train.batch_size % cfg.train.accumulate:
             raise ValueError(f"train.batch_size={cfg.train.batch_size} must be divisible by "
                              f"train.accumulate={cfg.train.accumulate}")
         self.micro_batch = cfg.train.batch_size // cfg.train.accumulate
-        self.sampler = ResumableSampler(len(self.train_set), self.micro_batch, cfg.train.seed,
+        self.sampler = ResumableSampler(len(self.pretrain_set), self.micro_batch, cfg.train.seed,
                                         self.dist.rank, self.dist.world_size)
-        self.loader = build_loader(self.train_set, self.micro_batch, cfg.data.num_workers, self.sampler,
+        self.loader = build_loader(self.pretrain_set, self.micro_batch, cfg.data.num_workers, self.sampler,
                                    pin_memory=self.device.type == "cuda")
         self.steps_per_epoch = self.sampler.batches_per_epoch // cfg.train.accumulate
         if self.steps_per_epoch == 0:

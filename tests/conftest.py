@@ -252,6 +252,13 @@ def python_exe() -> str:
 
 
 @pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    """Every test's caches (image-folder indexes, evaluation features, hub downloads) in a folder of its
+    own, never ~/.cache/ssl_zoo: a test cannot pass on what an earlier one or a user left there."""
+    monkeypatch.setenv("SSL_ZOO_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(autouse=True)
 def restore_threads():
     """Trainers may set train.threads; keep that from leaking into later tests."""
     before = torch.get_num_threads()

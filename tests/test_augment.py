@@ -36,7 +36,7 @@ def test_boxes_match_the_crop_content():
     torch.manual_seed(1)
     size = 32
     images = coordinate_images(64, size)
-    aug = ViewAugment(ViewSpec(size=16, scale=(0.2, 0.9), flip_p=0.0, **PLAIN))
+    aug = ViewAugment(ViewSpec(size=size, scale=(0.2, 0.9), flip_p=0.0, **PLAIN))  # enlarged: no antialias blur
     view, boxes, flips = aug(images)
     assert not flips.any()
     x1, y1, x2, y2 = (boxes * size).unbind(1)
@@ -51,7 +51,7 @@ def test_flip_recorded_and_box_x_swapped():
     torch.manual_seed(2)
     size = 32
     images = coordinate_images(64, size)
-    aug = ViewAugment(ViewSpec(size=16, scale=(0.2, 0.9), flip_p=0.5, **PLAIN))
+    aug = ViewAugment(ViewSpec(size=size, scale=(0.2, 0.9), flip_p=0.5, **PLAIN))
     view, boxes, flips = aug(images)
     assert 0 < flips.sum() < 64
     # flipped views run right-to-left, and their box has x1 > x2
@@ -64,7 +64,7 @@ def test_flip_recorded_and_box_x_swapped():
 
 def test_random_resized_crop_area_and_ratio_within_range():
     torch.manual_seed(3)
-    boxes = sample_boxes(2000, 100, 100, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), device=torch.device("cpu"))
+    boxes = sample_boxes(torch.full((2000, 2), 100.0), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     area = w * h / 10000
     assert area.min() >= 0.07 and area.max() <= 1.0

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from ssl_zoo.config import DataConfig
+from ssl_zoo.data import DataError, ResumableSampler, build_dataset, pretraining_set
 from ssl_zoo.experiment import load_config
-from ssl_zoo.data import DataError, ResumableSampler, build_dataset
 from ssl_zoo.data.fashion_mnist import FashionMNIST
 from ssl_zoo.trainer import Trainer
 from tests.conftest import FASHION_MNIST, tiny_config
@@ -109,6 +109,19 @@ def test_missing_path_and_empty_folder_fail_before_training(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
+def test_the_trainer_trains_on_whole_images_and_evaluates_centre_squares(tmp_path, one_thread):
+    folder = tmp_path / "images"
+    make_folder(folder, per_class=4)  # 20 x 26 photos
+    cfg = tiny_config("dino", tmp_path, train={"batch_size": 4})
+    cfg["data"] = {"kind": "image_folder", "path": str(folder), "load_size": 28}
+    trainer = Trainer(load_config(cfg))
+    batch = next(iter(trainer.loader))
+    assert batch.images.shape[-2:] == (37, 37) and batch.sizes.tolist() == [[28, 36]] * 4  # canvas round(28 * 4/3)
+    assert trainer.train_set.__getitems__([0]).images.shape[-2:] == (28, 28)  # the k-NN memory
+    views = trainer.method.views(batch)
+    assert len(views.crops) > 2 and all(b.min() >= 0 and b.max() <= 1 for b in views.boxes)
+
+
 def test_sampler_resumes_mid_epoch_and_splits_ranks():
     full = list(ResumableSampler(100, 10, seed=3))
     assert len(full) == 100 and sorted(full) == list(range(100))
@@ -191,3 +204,37 @@ def test_decompression_bombs_are_skipped_or_refused_not_a_crash(tmp_path, monkey
     for index, name in ((1, "b_warned.png"), (2, "c_refused.png")):
         with pytest.raises(DataError, match=rf"^unreadable image .*{name}: Image size .* exceeds limit"):
             strict.__getitems__([index])
+
+
+def test_training_images_keep_their_aspect_ratio_inside_padded_canvases(tmp_path):
+    rng = np.random.default_rng(1)
+    (tmp_path / "a").mkdir()
+    photos = {"wide": (30, 40), "tall": (40, 30), "panorama": (20, 60)}  # (height, width)
+    for name, (h, w) in photos.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / "a" / f"{name}.png")
+    cfg = DataConfig(kind="image_folder", path=str(tmp_path), load_size=15, max_aspect=4 / 3)
+    squares = build_dataset(cfg, "train")  # evaluation: centre squares, as before
+    whole = build_dataset(cfg, "train", whole_images=True)
+    order = [whole.index.path(i).stem for i in range(len(whole))]
+    batch, centre = whole.__getitems__([0, 1, 2]), squares.__getitems__([0, 1, 2])
+    assert centre.sizes is None and centre.images.shape == (3, 3, 15, 15)
+    assert batch.images.shape == (3, 3, 20, 20)  # canvas side round(15 * 4/3)
+    expected = {"wide": [15, 20], "tall": [20, 15], "panorama": [15, 20]}  # the panorama's long side capped
+    assert batch.sizes.tolist() == [expected[name] for name in order]
+    for i, (h, w) in enumerate(batch.sizes.tolist()):
+        top, left = (20 - h) // 2, (20 - w) // 2
+        valid = batch.images[i, :, top:top + h, left:left + w]
+        s = min(h, w)  # the evaluation square is the centre of the whole image
+        assert torch.equal(valid[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s], centre.images[i])
+        # padding repeats the edge pixels: rows above / below copy the first / last valid row, columns likewise
+        img = batch.images[i]
+        assert (img[:, :top] == img[:, top:top + 1]).all() and (img[:, top + h:] == img[:, top + h - 1:top + h]).all()
+        assert (img[..., :left] == img[..., left:left + 1]).all()
+        assert (img[..., left + w:] == img[..., left + w - 1:left + w]).all()
+    assert {h for h, w in batch.sizes.tolist()} == {15, 20}  # some padding was checked on each axis
+
+
+def test_square_kinds_train_on_the_evaluation_set_itself():
+    cfg = DataConfig(kind="synthetic", load_size=16, synthetic_size=8)
+    train = build_dataset(cfg, "train")
+    assert pretraining_set(cfg, train) is train and train.__getitems__([0, 1]).sizes is None

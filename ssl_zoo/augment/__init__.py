@@ -15,10 +15,11 @@ from typing import Literal
 
 import kornia.augmentation as K
 import torch
-from kornia.geometry.transform import crop_and_resize
+import torch.nn.functional as F
 from torch import nn
 
 from ssl_zoo.config import bounded
+from ssl_zoo.geometry import valid_offset
 
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -130,42 +131,81 @@ class EvalView(nn.Module):
         return self.normalize(center_crop_or_resize(to_unit(images), self.side))
 
 
-def sample_boxes(batch: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-                 device: torch.device, tries: int = 10) -> torch.Tensor:
-    """RandomResizedCrop boxes (torchvision's rule, vectorised): (B, 4) pixel x1, y1, x2, y2 (exclusive)."""
-    area = height * width
-    target = area * torch.empty(batch, tries, device=device).uniform_(scale[0], scale[1])
+def sample_boxes(sizes: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float],
+                 tries: int = 10) -> torch.Tensor:
+    """RandomResizedCrop boxes, torchvision's rule vectorised, each inside its own image: sizes (B, 2) float
+    (height, width) -> (B, 4) pixel x1, y1, x2, y2 (exclusive) in that image's coordinates."""
+    batch, device = sizes.shape[0], sizes.device
+    height, width = sizes[:, :1], sizes[:, 1:]
+    target = height * width * torch.empty(batch, tries, device=device).uniform_(scale[0], scale[1])
     log_r = torch.empty(batch, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
     aspect = torch.exp(log_r)
     w = torch.sqrt(target * aspect).round()
     h = torch.sqrt(target / aspect).round()
     ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = torch.argmax(ok.int(), dim=1)
+    first = torch.argmax(ok.int(), dim=1, keepdim=True)
     any_ok = ok.any(dim=1)
-    rows = torch.arange(batch, device=device)
-    w, h = w[rows, first], h[rows, first]
-    # fallback (no valid try): the largest centred box within the ratio range, as torchvision does
+    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+    height, width = sizes.unbind(1)
+    # fallback (no valid try): the largest centred box within the ratio range, as torchvision does (its
+    # rounding is Python's, in double precision)
     in_ratio = width / height
-    fw = float(width) if ratio[0] <= in_ratio <= ratio[1] else (
-        float(round(height * ratio[1])) if in_ratio > ratio[1] else float(width))
-    fh = float(height) if ratio[0] <= in_ratio <= ratio[1] else (
-        float(height) if in_ratio > ratio[1] else float(round(width / ratio[0])))
-    w = torch.where(any_ok, w, torch.full_like(w, fw))
-    h = torch.where(any_ok, h, torch.full_like(h, fh))
+    fw = torch.where(in_ratio > ratio[1], torch.round(height.double() * ratio[1]).to(w.dtype), width)
+    fh = torch.where(in_ratio < ratio[0], torch.round(width.double() / ratio[0]).to(h.dtype), height)
+    w = torch.where(any_ok, w, fw)
+    h = torch.where(any_ok, h, fh)
     u = torch.rand(batch, 2, device=device)
     x1 = torch.where(any_ok, torch.floor(u[:, 0] * (width - w + 1)), torch.floor((width - w) / 2))
     y1 = torch.where(any_ok, torch.floor(u[:, 1] * (height - h + 1)), torch.floor((height - h) / 2))
     return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
 
 
+def gaussian_prefilter(images: torch.Tensor, steps: torch.Tensor, largest_step: float) -> torch.Tensor:
+    """Low-pass each image before it is resampled `steps` (B, 2: x, y) source pixels apart, so shrinking
+    does not alias.
+
+    Why a Gaussian and not F.interpolate(antialias=True): every image of a batch shrinks by its own
+    factor, which one interpolate call cannot do; a separable Gaussian with a per-image sigma is one
+    grouped convolution per axis. sigma = sqrt(step^2 - 1) / 2 brings the blur a pixel already has
+    (about half a pixel) up to half an output pixel; no blur where the image is enlarged. The kernel
+    radius (3 sigma) comes from `largest_step` (from shapes, not values: no host sync). Borders are
+    mirrored, so a pattern runs on across them.
+    """
+    bsz, channels, height, width = images.shape
+    radius = min(math.ceil(3 * 0.5 * math.sqrt(max(largest_step**2 - 1, 0.0))), height - 1, width - 1)
+    if radius <= 0:
+        return images
+    sigma = 0.5 * (steps.square() - 1).clamp_min(0).sqrt()
+    taps = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernels = torch.exp(-taps.square() / (2 * sigma.to(images.dtype).clamp_min(1e-3).square()[..., None]))
+    kernels = kernels / kernels.sum(-1, keepdim=True)  # (B, 2, 2 radius + 1)
+    k = 2 * radius + 1
+    x = F.pad(images, (radius, radius, 0, 0), mode="reflect").reshape(1, bsz * channels, height, width + k - 1)
+    x = F.conv2d(x, kernels[:, 0].repeat_interleave(channels, 0).view(-1, 1, 1, k), groups=bsz * channels)
+    x = F.pad(x.view(bsz, channels, height, width), (0, 0, radius, radius), mode="reflect")
+    x = F.conv2d(x.reshape(1, bsz * channels, height + k - 1, width),
+                 kernels[:, 1].repeat_interleave(channels, 0).view(-1, 1, k, 1), groups=bsz * channels)
+    return x.view(bsz, channels, height, width)
+
+
 def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """Cut each pixel box out of its image and resize it to size x size."""
+    """Cut each pixel box (x1, y1, x2, y2, exclusive) out of its image and resize it to size x size: the
+    box's first and last pixel centres map onto the output's (align_corners), sampled with grid_sample
+    after `gaussian_prefilter` wherever the box shrinks."""
+    _, _, height, width = images.shape
     x1, y1, x2, y2 = boxes.unbind(1)
-    corners = torch.stack([
-        torch.stack([x1, y1], 1), torch.stack([x2 - 1, y1], 1),
-        torch.stack([x2 - 1, y2 - 1], 1), torch.stack([x1, y2 - 1], 1),
-    ], dim=1)
-    return crop_and_resize(images, corners, (size, size), mode=mode, align_corners=True)
+    gaps = max(size - 1, 1)
+    steps = torch.stack([x2 - 1 - x1, y2 - 1 - y1], 1) / gaps
+    images = gaussian_prefilter(images, steps, (max(height, width) - 1) / gaps)
+    # pixel p of an n-pixel side sits at -1 + 2 p / (n - 1) in grid_sample's align_corners coordinates
+    sx, sy = 2 / max(width - 1, 1), 2 / max(height - 1, 1)
+    zero = torch.zeros_like(x1)
+    theta = torch.stack([
+        torch.stack([(x2 - 1 - x1) * sx / 2, zero, (x1 + x2 - 1) * sx / 2 - 1], 1),
+        torch.stack([zero, (y2 - 1 - y1) * sy / 2, (y1 + y2 - 1) * sy / 2 - 1], 1),
+    ], 1)
+    grid = F.affine_grid(theta.to(images.dtype), [images.shape[0], images.shape[1], size, size], align_corners=True)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=True)
 
 
 def odd_kernel(size: int, fraction: float) -> int:
@@ -201,12 +241,19 @@ class ViewAugment(nn.Module):
         self.normalize = Normalize(normalize)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """images: (B, C, H, W) uint8 or [0,1] float -> (view, normalised box (B,4), flipped (B,))."""
+    def forward(self, images: torch.Tensor,
+                sizes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """images: (B, C, H, W) uint8 or [0,1] float; sizes: (B, 2) valid (height, width) of images centred in
+        their canvas (Batch.sizes), None when all of each tensor is image -> (view, box (B, 4) normalised by
+        the image's valid size, flipped (B,))."""
         x = to_unit(images)
         bsz, _, height, width = x.shape
-        boxes = sample_boxes(bsz, height, width, self.spec.scale, self.spec.ratio, x.device)
-        view = crop_resize(x, boxes, self.spec.size, self.spec.interpolation)
+        if sizes is None:
+            sizes = torch.stack([x.new_full((bsz,), height), x.new_full((bsz,), width)], 1)
+        sizes = sizes.to(x.dtype)
+        boxes = sample_boxes(sizes, self.spec.scale, self.spec.ratio)
+        top, left = valid_offset(height, sizes[:, 0]), valid_offset(width, sizes[:, 1])
+        view = crop_resize(x, boxes + torch.stack([left, top, left, top], 1), self.spec.size, self.spec.interpolation)
         flips = torch.rand(bsz, device=x.device) < self.spec.flip_p
         view = torch.where(flips[:, None, None, None], view.flip(-1), view)
         if view.shape[1] == 1 and len(self.color):  # kornia colour ops want RGB
@@ -217,24 +264,34 @@ class ViewAugment(nn.Module):
                                  "set jitter_p, gray_p and blur_p to 0 for multi-band images")
             view = self.color(view)
         view = solarize(view.clamp(0, 1), self.spec.solarize_p)
-        norm_boxes = boxes / torch.tensor([width, height, width, height], device=x.device, dtype=boxes.dtype)
-        norm_boxes = torch.where(flips[:, None], norm_boxes[:, [2, 1, 0, 3]], norm_boxes)
+        x1, y1, x2, y2 = (boxes / sizes.flip(1).repeat(1, 2)).unbind(1)
+        norm_boxes = torch.stack([torch.where(flips, x2, x1), y1, torch.where(flips, x1, x2), y2], 1)
         return self.normalize(view), norm_boxes, flips
 
 
 class MultiViewAugment(nn.Module):
-    """Several view recipes applied to the same batch (two-view, multi-crop)."""
+    """Several view recipes applied to the same batch (two-view, multi-crop).
+
+    Views that share one recipe (DINO's and RAD-DINO's local crops) are made in ONE call on the batch
+    repeated, not in one call each: one kernel launch per op for all of them."""
 
     def __init__(self, specs: list[ViewSpec], normalize: str = "none") -> None:
         super().__init__()
-        self.views = nn.ModuleList(ViewAugment(s, normalize) for s in specs)
+        recipes: list[ViewSpec] = []
+        for spec in specs:
+            if spec not in recipes:
+                recipes.append(spec)
+        self.views = nn.ModuleList(ViewAugment(s, normalize) for s in recipes)
+        self.copies = [specs.count(r) for r in recipes]
+        self.order = [(recipes.index(s), specs[:i].count(s)) for i, s in enumerate(specs)]  # (recipe, copy) per view
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> Views:
-        crops, boxes, flips = [], [], []
-        for aug in self.views:
-            v, b, f = aug(images)
-            crops.append(v)
-            boxes.append(b)
-            flips.append(f)
+    def forward(self, images: torch.Tensor, sizes: torch.Tensor | None = None) -> Views:
+        """images: (B, C, H, W); sizes: Batch.sizes (None: all of each tensor is image)."""
+        made = []
+        for aug, n in zip(self.views, self.copies):
+            repeated = sizes if sizes is None or n == 1 else sizes.repeat(n, 1)
+            out = aug(images if n == 1 else images.repeat(n, 1, 1, 1), repeated)
+            made.append([t.chunk(n) for t in out])
+        crops, boxes, flips = ([made[r][k][c] for r, c in self.order] for k in range(3))
         return Views(crops, boxes, flips)

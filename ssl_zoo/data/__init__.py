@@ -16,11 +16,18 @@ from ssl_zoo.data.pairs import ImagePairs
 from ssl_zoo.data.sampler import ResumableSampler
 from ssl_zoo.data.synthetic import SyntheticImages
 
-__all__ = ["Batch", "DataError", "ResumableSampler", "build_dataset", "build_loader", "to_channels"]
+__all__ = ["Batch", "DataError", "ResumableSampler", "build_dataset", "build_loader", "pretraining_set",
+           "to_channels"]
 
 
-def build_dataset(cfg: DataConfig, split: str = "train") -> torch.utils.data.Dataset | None:
-    """The dataset for `split` ('train' or 'test'); None when the kind has no such labelled split."""
+def build_dataset(cfg: DataConfig, split: str = "train",
+                  whole_images: bool = False) -> torch.utils.data.Dataset | None:
+    """The dataset for `split` ('train' or 'test'); None when the kind has no such labelled split.
+
+    Images are centre squares at data.load_size, as evaluation wants them. `whole_images` (the training
+    loader): image folders keep each image's aspect ratio up to data.max_aspect, padded into square
+    canvases with the valid sizes in `Batch.sizes`, so RandomResizedCrop samples the whole photo; the
+    other kinds are square already or (pairs) cropped by their method."""
     if cfg.kind == "synthetic_pairs":  # single images; the method cuts the pairs on the device
         return build_dataset(dataclasses.replace(cfg, kind=cfg.pairs_source), split)
     if cfg.kind == "pairs":
@@ -39,7 +46,7 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> torch.utils.data.Dat
             if split == "train":
                 raise DataError("data.path is required for data.kind=image_folder")
             return None
-        ds = ImageFolder(path, cfg.load_size, cfg.channels, cfg.on_bad_image)
+        ds = ImageFolder(path, cfg.load_size, cfg.channels, cfg.on_bad_image, cfg.max_aspect if whole_images else 1.0)
     elif cfg.kind == "multispectral":
         path = cfg.path if split == "train" else cfg.eval_path
         if not path:
@@ -53,6 +60,14 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> torch.utils.data.Dat
     if split == "train" and cfg.limit:
         ds = _Limited(ds, cfg.limit)
     return ds
+
+
+def pretraining_set(cfg: DataConfig, train_set: torch.utils.data.Dataset) -> torch.utils.data.Dataset:
+    """The training loader's dataset: whole images for image folders (data.max_aspect > 1), else
+    `train_set` itself (the centre-square split the evaluation uses), not built twice."""
+    if cfg.kind == "image_folder" and cfg.max_aspect > 1:
+        return build_dataset(cfg, "train", whole_images=True)
+    return train_set
 
 
 class _Limited(torch.utils.data.Dataset):
@@ -76,9 +91,10 @@ def _identity(batch: Batch) -> Batch:
 
 def build_loader(dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int,
                  sampler: torch.utils.data.Sampler | None = None, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """Batches come straight from `dataset.__getitems__`; a private generator keeps the global RNG untouched."""
+    """Batches come straight from `dataset.__getitems__`; a private generator keeps the global RNG untouched.
+    Workers persist across epochs (no re-fork of the dataset and its index at every epoch)."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=sampler is not None,
         num_workers=num_workers, collate_fn=_identity, pin_memory=pin_memory,
-        persistent_workers=False, generator=torch.Generator().manual_seed(0),
+        persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0),
     )

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_zoo.data.batch import DataError
-from ssl_zoo.data.image_folder import ImageFolder, UnreadableImage, _scan
+from ssl_zoo.data.file_index import FileIndex, folder_index
+from ssl_zoo.data.image_folder import ImageFolder, UnreadableImage
 from ssl_zoo.data.synthetic import SyntheticImages
 
 MULTISPECTRAL_EXTENSIONS = {".npy", ".npz", ".tif", ".tiff"}
@@ -109,9 +110,9 @@ def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[:, top:top + size, left:left + size]
 
 
-def band_statistics(files: list[Path], bands: list[int], limit: int = 256) -> tuple[list[float], list[float]]:
+def band_statistics(files: FileIndex, bands: list[int], limit: int = 256) -> tuple[list[float], list[float]]:
     """Per-band mean and std over the pixels of up to `limit` evenly spaced files (kept bands only)."""
-    picked = files[:: max(1, math.ceil(len(files) / limit))]
+    picked = [files.path(i) for i in range(0, len(files), max(1, math.ceil(len(files) / limit)))]
     total = total_sq = count = 0.0
     for path in picked:
         try:
@@ -139,8 +140,7 @@ def folder_band_statistics(path: str, bands: list[int]) -> tuple[list[float], li
     """`band_statistics` of the training folder (train and eval sets both normalise with these), warned
     about so the user can pin them in data.band_mean / data.band_std."""
     require_folder(path)
-    files, _, _ = _scan(Path(path), MULTISPECTRAL_EXTENSIONS)
-    mean, std = band_statistics(files, bands)
+    mean, std = band_statistics(folder_index(path, MULTISPECTRAL_EXTENSIONS), bands)
     warnings.warn(f"data.band_mean/band_std not set; estimated from {path}: "
                   f"band_mean={[round(v, 4) for v in mean]} band_std={[round(v, 4) for v in std]}")
     return mean, std
@@ -163,7 +163,7 @@ class MultispectralFolder(ImageFolder):
         self.std = torch.tensor(band_std, dtype=torch.float32)
 
     def decode(self, index: int) -> torch.Tensor:
-        path = self.files[index]
+        path = self.index.path(index)
         arr = select_bands(read_bands(path), self.bands, path)
         if arr.shape[0] != self.channels:
             raise UnreadableImage(path, ValueError(f"has {arr.shape[0]} bands, data.channels={self.channels}"))

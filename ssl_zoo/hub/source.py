@@ -13,6 +13,7 @@ import urllib.request
 import warnings
 from pathlib import Path
 
+from ssl_zoo.cache import cache_root
 from ssl_zoo.hub.download import download, read_url
 from ssl_zoo.hub.index import INDEX_FILE, HubError, check_name, model_folder, parse_index, read_local_index
 from ssl_zoo.hub.model_config import CONFIG_FILE, read_model_config
@@ -20,14 +21,6 @@ from ssl_zoo.hub.model_config import CONFIG_FILE, read_model_config
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 HUB_ENV = "SSL_ZOO_HUB"
-CACHE_ENV = "SSL_ZOO_CACHE"
-
-
-def cache_root(override: str | Path | None = None) -> Path:
-    """`override`, else $SSL_ZOO_CACHE, else ~/.cache/ssl_zoo."""
-    return Path(override or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ssl_zoo").expanduser()
-
-
 def hub_location(hub: str | Path | None) -> str:
     location = hub or os.environ.get(HUB_ENV)
     if not location:
