@@ -12,15 +12,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-import kornia.augmentation as K
 import torch
 from torch import nn
 
 from ssl_zoo.augment import Normalize, Views, crop_resize, to_unit
+from ssl_zoo.augment.color import random_color_jitter
 from ssl_zoo.backbones.croco import CrossViewDecoder, MaskedEncoder, build_croco_encoder, croco_init
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
 from ssl_zoo.data.pairs import SyntheticPairSpec, synthetic_pair_views
+from ssl_zoo.geometry import per_axis
 from ssl_zoo.masking import masked_and_filled, masked_patch_mse, pixel_targets, random_patch_split
 from ssl_zoo.methods.base import Method, image_grid, preview
 from ssl_zoo.methods.mae import MAE
@@ -31,11 +32,10 @@ from ssl_zoo.schedules import Progress
 def random_crops(images: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """RandomCrop(size) per image (no resize): (crops, normalised boxes (B, 4) x1, y1, x2, y2)."""
     batch, _, height, width = images.shape
-    scale = torch.tensor([width - size + 1, height - size + 1], device=images.device)
-    corner = torch.floor(torch.rand(batch, 2, device=images.device) * scale)
+    u = torch.rand(batch, 2, device=images.device)
+    corner = torch.floor(torch.stack([u[:, 0] * (width - size + 1), u[:, 1] * (height - size + 1)], 1))
     boxes = torch.cat([corner, corner + size], 1)
-    extent = torch.tensor([width, height, width, height], device=images.device)
-    return crop_resize(images, boxes, size, "bilinear"), boxes / extent
+    return crop_resize(images, boxes, size, "bilinear"), per_axis(boxes, 1 / width, 1 / height)
 
 
 class PairAugment(nn.Module):
@@ -50,13 +50,13 @@ class PairAugment(nn.Module):
                  normalize: str) -> None:
         super().__init__()
         self.size, self.synthetic = size, synthetic
-        self.jitter = K.ColorJitter(*jitter, p=1.0)
+        self.jitter = jitter
         self.normalize = Normalize(normalize)
 
     def color(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:  # kornia's colour ops want RGB
-            return self.jitter(x.expand(-1, 3, -1, -1))[:, :1]
-        return self.jitter(x)
+        if x.shape[1] == 1:  # the colour ops are RGB ones
+            return random_color_jitter(x.expand(-1, 3, -1, -1), self.jitter, 1.0)[:, :1]
+        return random_color_jitter(x, self.jitter, 1.0)
 
     @torch.no_grad()
     def forward(self, batch: Batch) -> Views:
@@ -64,8 +64,7 @@ class PairAugment(nn.Module):
         if batch.pair_images is None:
             first, second, quads = synthetic_pair_views(first, self.size, self.synthetic)
             height, width = batch.images.shape[-2:]
-            extent = torch.tensor([width, height], device=quads.device, dtype=quads.dtype)
-            boxes = [torch.cat([q.amin(1), q.amax(1)], 1) / extent.repeat(2) for q in quads]
+            boxes = [per_axis(torch.cat([q.amin(1), q.amax(1)], 1), 1 / width, 1 / height) for q in quads]
         else:
             first, box1 = random_crops(first, self.size)
             second, box2 = random_crops(to_unit(batch.pair_images), self.size)

@@ -23,6 +23,13 @@ def valid_offset(canvas: int, side: Side) -> Side:
     return (canvas - side) // 2
 
 
+def per_axis(coords: torch.Tensor, x_scale: float, y_scale: float) -> torch.Tensor:
+    """(..., 2k) alternating x, y coordinates (points, or x1, y1, x2, y2 boxes) times Python per-axis
+    scales: no (x, y) scale tensor built from Python numbers, which would be a host-to-device copy."""
+    x, y = coords[..., 0::2] * x_scale, coords[..., 1::2] * y_scale
+    return torch.stack([x, y], dim=-1).flatten(-2)
+
+
 def bin_centres(boxes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Centres (x, y) of an h x w feature grid laid over each box: (B, 4) -> (B, h*w, 2), row-major."""
     h, w = grid

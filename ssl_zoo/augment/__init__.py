@@ -1,9 +1,11 @@
-"""Batched view generation on the training device (kornia), recording what was applied.
+"""Batched view generation on the training device, recording what was applied.
 
 Why here and not in the loader: every random, per-view operation runs on whole batches on the
 device, so the CPU workers only decode. Crops are sampled here (not inside a kornia module) so
 each view knows its box in normalised original-image coordinates and whether it was flipped;
-dense methods (PixPro) and tests need exactly that.
+dense methods (PixPro) and tests need exactly that. kornia's augmentation modules are not used:
+they choose images with boolean masks and check parameters on the host, a GPU sync per op and view;
+color.py and crop_resize do the same arithmetic with every choice kept on the device.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_zoo.augment.color import random_color_jitter, random_gaussian_blur, random_grayscale
 from ssl_zoo.config import bounded
 from ssl_zoo.geometry import valid_offset
 
@@ -228,16 +230,9 @@ class ViewAugment(nn.Module):
     def __init__(self, spec: ViewSpec, normalize: str = "none") -> None:
         super().__init__()
         self.spec = spec
-        b, c, s, h = spec.jitter
-        color = []
-        if spec.jitter_p > 0 and any(v > 0 for v in spec.jitter):
-            color.append(K.ColorJitter(b, c, s, h, p=spec.jitter_p))
-        if spec.gray_p > 0:
-            color.append(K.RandomGrayscale(p=spec.gray_p))
-        if spec.blur_p > 0:
-            k = odd_kernel(spec.size, spec.blur_kernel_frac)
-            color.append(K.RandomGaussianBlur((k, k), spec.blur_sigma, p=spec.blur_p))
-        self.color = nn.Sequential(*color)
+        self.jitter = spec.jitter_p > 0 and any(v > 0 for v in spec.jitter)
+        self.has_color = self.jitter or spec.gray_p > 0 or spec.blur_p > 0
+        self.blur_kernel = odd_kernel(spec.size, spec.blur_kernel_frac)
         self.normalize = Normalize(normalize)
 
     @torch.no_grad()
@@ -256,17 +251,29 @@ class ViewAugment(nn.Module):
         view = crop_resize(x, boxes + torch.stack([left, top, left, top], 1), self.spec.size, self.spec.interpolation)
         flips = torch.rand(bsz, device=x.device) < self.spec.flip_p
         view = torch.where(flips[:, None, None, None], view.flip(-1), view)
-        if view.shape[1] == 1 and len(self.color):  # kornia colour ops want RGB
-            view = self.color(view.expand(-1, 3, -1, -1))[:, :1]
-        elif len(self.color):
+        if view.shape[1] == 1 and self.has_color:  # the colour ops are RGB ones
+            view = self._color(view.expand(-1, 3, -1, -1))[:, :1]
+        elif self.has_color:
             if view.shape[1] != 3:  # multispectral bands: crop and flip only
                 raise ValueError(f"colour jitter, grayscale and blur need 1 or 3 channels, got {view.shape[1]}; "
                                  "set jitter_p, gray_p and blur_p to 0 for multi-band images")
-            view = self.color(view)
+            view = self._color(view)
         view = solarize(view.clamp(0, 1), self.spec.solarize_p)
         x1, y1, x2, y2 = (boxes / sizes.flip(1).repeat(1, 2)).unbind(1)
         norm_boxes = torch.stack([torch.where(flips, x2, x1), y1, torch.where(flips, x1, x2), y2], 1)
         return self.normalize(view), norm_boxes, flips
+
+    def _color(self, view: torch.Tensor) -> torch.Tensor:
+        """torchvision's RandomApply(ColorJitter), RandomGrayscale, RandomApply(GaussianBlur), per image
+        (ssl_zoo/augment/color.py: no host sync)."""
+        spec = self.spec
+        if self.jitter:
+            view = random_color_jitter(view, spec.jitter, spec.jitter_p)
+        if spec.gray_p > 0:
+            view = random_grayscale(view, spec.gray_p)
+        if spec.blur_p > 0:
+            view = random_gaussian_blur(view, self.blur_kernel, spec.blur_sigma, spec.blur_p)
+        return view
 
 
 class MultiViewAugment(nn.Module):

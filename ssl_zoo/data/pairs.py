@@ -15,6 +15,7 @@ pairs lack the parallax and occlusions of real multi-view pairs.
 from __future__ import annotations
 
 import csv
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,13 @@ class SyntheticPairSpec:
 _UNIT_SQUARE = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))  # top-left, top-right, bottom-right, bottom-left
 
 
+@functools.lru_cache(maxsize=8)
+def unit_square(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The corners of the unit square (4, 2), copied to each device once, not on every batch (a copy from
+    Python data to a GPU waits for it). Read-only: callers build new tensors from it."""
+    return torch.tensor(_UNIT_SQUARE, device=device, dtype=dtype)
+
+
 @torch.no_grad()
 def synthetic_pair_views(images: torch.Tensor, size: int,
                          spec: SyntheticPairSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -110,14 +118,13 @@ def synthetic_pair_views(images: torch.Tensor, size: int,
     corner1 = torch.rand(batch, 2, device=dev, dtype=dtype) * room
     shift = (torch.rand(batch, 2, device=dev, dtype=dtype) * 2 - 1) * spec.shift * side[:, None]
     corner2 = torch.minimum((corner1 + shift).clamp(min=0), room)
-    square = torch.tensor(_UNIT_SQUARE, device=dev, dtype=dtype) * side[:, None, None]  # (B, 4, 2)
+    square = unit_square(dev, dtype) * side[:, None, None]  # (B, 4, 2)
     jitter = (torch.rand(batch, 4, 2, device=dev, dtype=dtype) * 2 - 1) * spec.distortion * side[:, None, None]
     quad1 = corner1[:, None] + square
     quad2 = corner2[:, None] + square + jitter
-    limit = torch.tensor([width - 1, height - 1], device=dev, dtype=dtype)
-    quad2 = torch.minimum(quad2.clamp(min=0), limit)
+    quad2 = torch.stack([quad2[..., 0].clamp(0, width - 1), quad2[..., 1].clamp(0, height - 1)], -1)
     quads = torch.stack([quad1, quad2])
-    target = torch.tensor(_UNIT_SQUARE, device=dev, dtype=dtype).expand(2 * batch, 4, 2) * (size - 1)
+    target = unit_square(dev, dtype).expand(2 * batch, 4, 2) * (size - 1)
     warp = get_perspective_transform(quads.flatten(0, 1), target)
     views = warp_perspective(images.repeat(2, 1, 1, 1), warp, (size, size), mode="bilinear", align_corners=True)
     first, second = views.chunk(2)
