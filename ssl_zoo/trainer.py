@@ -25,7 +25,8 @@ from ssl_zoo.checkpoint import CheckpointManager, atomic_write_text, remove_stal
 from ssl_zoo.config import ExperimentConfig, to_dict
 from ssl_zoo.data import ResumableSampler, build_dataset, build_loader
 from ssl_zoo.errors import CheckpointError, ConfigError, NonFiniteLossError
-from ssl_zoo.eval.knn import extract_features, knn_eval
+from ssl_zoo.eval.features import extract_features
+from ssl_zoo.eval.knn import knn_eval
 from ssl_zoo.methods.base import Method, build_method
 from ssl_zoo.metrics import LossMeter, MetricsLogger
 from ssl_zoo.optim import Schedule, build_optimizer, clip_gradients, scaled_lr

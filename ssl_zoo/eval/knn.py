@@ -3,41 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
-from ssl_zoo.data import build_loader
-
-
-@torch.no_grad()
-def extract_features(embed, dataset, device: torch.device, batch_size: int = 512, limit: int = 0,
-                     desc: str = "features", progress: bool = True,
-                     l2_normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L2-normalised) features and labels of the first `limit` images (0: all), in dataset order."""
-    n = len(dataset) if not limit else min(limit, len(dataset))
-    subset = torch.utils.data.Subset(dataset, range(n)) if n < len(dataset) else dataset
-    loader = build_loader(_Batched(subset), batch_size, num_workers=0)
-    feats, labels = [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        f = embed(batch.images.to(device))
-        feats.append((F.normalize(f.float(), dim=1) if l2_normalize else f.float()).cpu())
-        labels.append(batch.labels)
-    return torch.cat(feats), torch.cat(labels)
-
-
-class _Batched(torch.utils.data.Dataset):
-    """Route Subset indices to the base dataset's batched `__getitems__`."""
-
-    def __init__(self, ds) -> None:
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitems__(self, indices: list[int]):
-        if isinstance(self.ds, torch.utils.data.Subset):
-            return self.ds.dataset.__getitems__([self.ds.indices[i] for i in indices])
-        return self.ds.__getitems__(indices)
+from ssl_zoo.eval.features import extract_features
 
 
 def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,

@@ -19,6 +19,7 @@ import submitit
 from ssl_zoo.config import ConfigError, ExperimentConfig, load_config, to_dict
 from ssl_zoo.launch.job import TrainJob
 from ssl_zoo.launch.profile import ClusterProfile
+from ssl_zoo.run_dir import run_dir_for
 
 JOBS_FILE = "jobs.jsonl"  # append-only: one JSON line per submission
 
@@ -96,11 +97,11 @@ def submit(config: str, profile: ClusterProfile, overrides: list[str], sweeps: l
     base = load_config(config, overrides)
     if len(combos) == 1:
         cfgs = [(_resolved(config, overrides + combos[0], None, profile), combos[0])]
-        folder = Path(cfgs[0][0].train.output_dir) / cfgs[0][0].train.name / "submitit"
+        folder = run_dir_for(cfgs[0][0]) / "submitit"
     else:
         cfgs = [(_resolved(config, overrides + combo, f"{base.train.name}/{i:03d}_{_slug(combo)}", profile), combo)
                 for i, combo in enumerate(combos)]
-        folder = Path(base.train.output_dir) / base.train.name / "submitit"
+        folder = run_dir_for(base) / "submitit"
     executor = make_executor(profile, folder, base.train.name)
     jobs_fns = [TrainJob(to_dict(cfg), profile.max_requeues) for cfg, _ in cfgs]
     if len(jobs_fns) == 1:
@@ -110,7 +111,7 @@ def submit(config: str, profile: ClusterProfile, overrides: list[str], sweeps: l
             jobs = [executor.submit(fn) for fn in jobs_fns]
     submitted = []
     for job, (cfg, combo) in zip(jobs, cfgs):
-        run_dir = Path(cfg.train.output_dir) / cfg.train.name
+        run_dir = run_dir_for(cfg)
         _record(run_dir, job, profile, overrides + combo)
         submitted.append(Submitted(str(job.job_id), run_dir, job.paths.stdout, job.paths.stderr, job))
     return submitted
