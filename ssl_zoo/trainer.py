@@ -303,11 +303,13 @@ class Trainer:
             return None
         ev = self.cfg.eval
         self.method.eval()
+        dist_utils.broadcast_buffers(self.method)  # every rank embeds its share with rank 0's weights
         try:
             with rng_untouched(self.device):
                 return knn_eval(self.method.embed, self.train_set, self.test_set, self.device, ev.knn_k,
                                 ev.knn_temperature, ev.batch_size, 0 if full else ev.knn_train_limit,
-                                0 if full else ev.knn_test_limit, progress=self.progress_bar and self.dist.is_main)
+                                0 if full else ev.knn_test_limit, progress=self.progress_bar and self.dist.is_main,
+                                num_workers=self.cfg.data.num_workers)
         finally:
             self.method.train()
 

@@ -1,4 +1,4 @@
-"""Frozen features of a dataset, read in batches.
+"""Frozen features of a dataset, read in batches (DataLoader workers) and embedded under autocast on CUDA.
 
 Imports only the engine, so the trainer's periodic k-NN can use it as well as the
 evaluation commands.
@@ -13,21 +13,28 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ssl_zoo.data import build_loader
+from ssl_zoo.runtime import autocast_dtype
 
 Embed = Callable[[torch.Tensor], torch.Tensor]  # uint8 images at the load size -> (B, D) features
 
 
 @torch.no_grad()
-def embed_items(embed: Embed, dataset, indices: Sequence[int], device: torch.device, batch_size: int = 512,
-                num_workers: int = 0, desc: str = "features", progress: bool = True,
+def embed_items(embed: Embed, dataset, indices: Sequence[int] | torch.Tensor, device: torch.device,
+                batch_size: int = 512, num_workers: int = 0, desc: str = "features", progress: bool = True,
                 l2_normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L2-normalised) float32 features and labels of dataset[indices], in that order, on `device`."""
-    loader = build_loader(Selection(dataset, indices), batch_size, num_workers)
+    """(L2-normalised) float32 features and labels of dataset[indices], in that order, on `device`.
+
+    On CUDA the embedding runs under the device's native autocast dtype (bf16, else fp16): frozen
+    features for a nearest-neighbour vote or a probe do not need fp32 matmuls. On CPU it stays fp32.
+    """
+    loader = build_loader(Selection(dataset, indices), batch_size, num_workers, pin_memory=device.type == "cuda")
+    dtype = autocast_dtype("auto", device) if device.type == "cuda" else None
     feats, labels = [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        f = embed(batch.images.to(device)).float()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            f = embed(batch.images.to(device, non_blocking=True)).float()
         feats.append(F.normalize(f, dim=1) if l2_normalize else f)
-        labels.append(batch.labels.to(device))
+        labels.append(batch.labels.to(device, non_blocking=True))
     return torch.cat(feats), torch.cat(labels)
 
 

@@ -28,7 +28,8 @@ def evaluate_knn(source: str, overrides: list[str] | None = None, k: int = 20, t
     dev = pick_device(device)
     src.to(dev)
     train_set, test_set = labelled_splits(src.cfg.data, "k-NN")
-    return knn_eval(src.embed, train_set, test_set, dev, k, temperature, src.cfg.eval.batch_size)
+    return knn_eval(src.embed, train_set, test_set, dev, k, temperature, src.cfg.eval.batch_size,
+                    num_workers=src.cfg.data.num_workers)
 
 
 def cached_features(src: EvalSource, dataset, split: str, device: torch.device,
@@ -40,7 +41,8 @@ def cached_features(src: EvalSource, dataset, split: str, device: torch.device,
     if path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
         return cached["features"], cached["labels"]
-    feats, labels = extract_features(src.embed, dataset, device, src.cfg.eval.batch_size, limit, f"{split} features")
+    feats, labels = extract_features(src.embed, dataset, device, src.cfg.eval.batch_size, limit, f"{split} features",
+                                     num_workers=src.cfg.data.num_workers)
     atomic_save({"features": feats, "labels": labels}, path)
     return feats, labels
 
