@@ -8,7 +8,7 @@ step count that fits; `--steps` caps it; steps reached are reported), then measu
   linear top-1   logistic regression on the same features, lr x weight-decay picked on a validation
                  split of the train features (ssl_zoo.eval.linear.linear_probe)
 
-with the zoo's evaluation code (`ssl_zoo.evaluate.load_source`: the backbone and evaluation view a
+with the zoo's evaluation code (`ssl_zoo.eval.source.load_source`: the backbone and evaluation view a
 run is evaluated with by `ssl-zoo eval`), on the first `--train-limit` train and `--test-limit` test
 images. Baselines measured in the same run: the randomly initialised backbone of each method (the
 exact starting point of its pretraining, `pretrained=False`), and raw pixels (the 28x28 images
@@ -38,9 +38,10 @@ from benchmarks.common import (RESULTS, ROOT, describe, discover, ensure_generat
 from ssl_zoo.config import DataConfig  # noqa: E402
 from ssl_zoo.experiment import load_config  # noqa: E402
 from ssl_zoo.data import build_dataset  # noqa: E402
-from ssl_zoo.eval.knn import extract_features, knn_accuracy  # noqa: E402
+from ssl_zoo.eval.features import extract_features  # noqa: E402
+from ssl_zoo.eval.knn import knn_accuracy  # noqa: E402
 from ssl_zoo.eval.linear import linear_probe  # noqa: E402
-from ssl_zoo.evaluate import labelled_splits, load_source  # noqa: E402
+from ssl_zoo.eval.source import labelled_splits, load_source  # noqa: E402
 from ssl_zoo.registry import available_methods  # noqa: E402
 from ssl_zoo.runtime import pick_device  # noqa: E402
 from ssl_zoo.trainer import Trainer  # noqa: E402

@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_knn(args: argparse.Namespace) -> int:
-    from ssl_zoo.evaluate import evaluate_knn
+    from ssl_zoo.eval.frozen import evaluate_knn
 
     top1 = evaluate_knn(args.source, args.overrides, k=args.k, temperature=args.temperature,
                         device=args.device, hub=args.hub)
@@ -158,7 +158,7 @@ def cmd_hub_official(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_linear(args: argparse.Namespace) -> int:
-    from ssl_zoo.evaluate import evaluate_linear
+    from ssl_zoo.eval.frozen import evaluate_linear
 
     result, out = evaluate_linear(args.source, args.overrides, device=args.device, hub=args.hub,
                                   from_scratch=args.from_scratch, train_limit=args.train_limit,

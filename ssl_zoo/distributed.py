@@ -124,3 +124,38 @@ def cleanup() -> None:
     if is_distributed():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum over ranks (e.g. counts that each rank made on its own share)."""
+    if is_distributed():
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def shard_positions(n: int) -> torch.Tensor:
+    """This rank's share of n items: a block of ceil(n / W) consecutive positions (W: the world size),
+    the same count on every rank, as all_gather needs. Position p reads item p % n; positions >= n
+    pad the last blocks and are dropped again by `gather_shards`."""
+    per = -(-n // world_size())
+    return torch.arange(rank() * per, (rank() + 1) * per)
+
+
+def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
+    """The n rows of every rank's `shard_positions(n)` share, in item order, on every rank. Gathered
+    into one tensor, so the padding at its end is cut off without a copy."""
+    if not is_distributed():
+        return local[:n]
+    out = local.new_empty((world_size() * local.shape[0], *local.shape[1:]))
+    dist.all_gather_into_tensor(out, local.contiguous())
+    return out[:n]
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them before each
+    forward, but each rank's forward then updates its own copy; evaluation shared over the ranks must
+    embed with one set, the one rank 0 checkpoints."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)

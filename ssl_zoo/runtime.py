@@ -95,3 +95,11 @@ def rng_untouched(device: torch.device) -> Iterator[None]:
     """Run side work (evaluation, image logging) without moving the training RNG streams."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         yield
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Random initialisation that is the same every time (feature caches key on it), global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

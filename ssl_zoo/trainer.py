@@ -27,7 +27,8 @@ from ssl_zoo.config import ExperimentConfig, per_rank_batch, to_dict
 from ssl_zoo.data import ResumableSampler, build_dataset, build_loader, pretraining_set
 from ssl_zoo.diagnostics import collapse_diagnostics, collapse_warning
 from ssl_zoo.errors import CheckpointError, ConfigError, NonFiniteLossError
-from ssl_zoo.eval.knn import extract_features, knn_eval
+from ssl_zoo.eval.features import extract_features
+from ssl_zoo.eval.knn import knn_eval
 from ssl_zoo.methods.base import Method, build_method
 from ssl_zoo.metrics import LossMeter, MetricsLogger
 from ssl_zoo.optim import Schedule, build_optimizer, clip_gradients, scaled_lr
@@ -326,11 +327,13 @@ class Trainer:
             return None
         ev = self.cfg.eval
         self.method.eval()
+        dist_utils.broadcast_buffers(self.method)  # every rank embeds its share with rank 0's weights
         try:
             with rng_untouched(self.device):
                 return knn_eval(self.method.embed, self.train_set, self.test_set, self.device, ev.knn_k,
                                 ev.knn_temperature, ev.batch_size, 0 if full else ev.knn_train_limit,
-                                0 if full else ev.knn_test_limit, progress=self.progress_bar and self.dist.is_main)
+                                0 if full else ev.knn_test_limit, progress=self.progress_bar and self.dist.is_main,
+                                num_workers=self.cfg.data.num_workers)
         finally:
             self.method.train()
 
@@ -352,7 +355,8 @@ class Trainer:
                 for _ in range(2):
                     t0 = time.perf_counter()
                     extract_features(self.method.embed, self.train_set, self.device, ev.batch_size, n, progress=False)
-                per_image = (time.perf_counter() - t0) / n
+                # each rank embeds 1/world of the images (ssl_zoo.eval.knn shards the extraction)
+                per_image = (time.perf_counter() - t0) / n / self.dist.world_size
         finally:
             self.method.train()
         n_train, n_test = len(self.train_set), len(self.test_set)

@@ -22,7 +22,7 @@ from tests.conftest import ROOT, tiny_config
 from ssl_zoo import hub
 from ssl_zoo.cli import main as cli_main
 from ssl_zoo.experiment import load_config
-from ssl_zoo.evaluate import load_method
+from ssl_zoo.run_dir import load_method
 from ssl_zoo.hub.download import download
 from ssl_zoo.hub.export import export
 from ssl_zoo.hub.index import HubError, check_location, check_name, parse_index

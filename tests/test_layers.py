@@ -14,12 +14,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # top-level folders installed under ssl_zoo (setup.cfg package_dir)
 PACKAGES = {"ssl_zoo": ROOT / "ssl_zoo", "ssl_zoo.methods": ROOT / "methods", "ssl_zoo.backbones": ROOT / "backbones"}
-# module-name prefix -> layer; anything in ssl_zoo not named here is the engine (layer 0)
+# module-name prefix -> layer (the longest prefix wins); anything in ssl_zoo not named here is the engine
 LAYERS = {
     "ssl_zoo.backbones": 1, "ssl_zoo.methods": 1, "ssl_zoo.registry": 1, "ssl_zoo.experiment": 1,
-    "ssl_zoo.trainer": 2, "ssl_zoo.resume_check": 2,
-    "ssl_zoo.eval": 3, "ssl_zoo.hub": 3, "ssl_zoo.launch": 3,
+    "ssl_zoo.trainer": 2, "ssl_zoo.resume_check": 2, "ssl_zoo.run_dir": 2,
+    "ssl_zoo.eval": 3, "ssl_zoo.launch": 3,
+    "ssl_zoo.hub.export": 3, "ssl_zoo.hub.card": 3, "ssl_zoo.hub.official": 3, "ssl_zoo.hub.releases": 3,
+    "ssl_zoo.hub.torchhub": 3,
     "ssl_zoo.cli": 4, "ssl_zoo.__main__": 4,
+    # what the trainer itself runs sits below it: the k-NN monitor (engine: data + runtime only) and
+    # reading a hub model's weights for model.init_from (index, download, source, loading: backbones)
+    "ssl_zoo.eval.features": 0, "ssl_zoo.eval.knn": 0, "ssl_zoo.hub": 1,
 }
 NAMES = ["engine", "methods", "trainer", "eval/hub/launch", "cli"]
 
@@ -68,4 +73,5 @@ def test_no_import_runs_up_a_layer(module):
 
 def test_the_layer_map_sees_every_package():
     assert {"ssl_zoo.config", "ssl_zoo.trainer", "ssl_zoo.methods.dino", "ssl_zoo.cli"} <= set(MODULES)
-    assert layer("ssl_zoo.config") == 0 and layer("ssl_zoo.methods.dino") == 1 and layer("ssl_zoo.eval.knn") == 3
+    assert layer("ssl_zoo.config") == 0 and layer("ssl_zoo.methods.dino") == 1 and layer("ssl_zoo.eval.linear") == 3
+    assert layer("ssl_zoo.hub.export") == 3 and layer("ssl_zoo.hub.loading") == 1

@@ -62,12 +62,12 @@ def test_eval_linear_cli_caches_features_and_feeds_the_hub(tmp_path, capsys, mon
     assert result["step"] == 2 and 0.0 <= result["test_top1"] <= 100.0
     assert len(list((run_dir / "eval").glob("features_*.pt"))) == 2
 
-    import ssl_zoo.evaluate as evaluate
+    import ssl_zoo.eval.frozen as frozen
 
     def no_extraction(*args, **kwargs):
         raise AssertionError("features should come from the cache")
 
-    monkeypatch.setattr(evaluate, "extract_features", no_extraction)
+    monkeypatch.setattr(frozen, "extract_features", no_extraction)
     assert cli_main(args) == 0
     assert json.loads((run_dir / "eval/linear_probe.json").read_text())["test_top1"] == result["test_top1"]
 
@@ -81,7 +81,7 @@ def test_eval_linear_cli_caches_features_and_feeds_the_hub(tmp_path, capsys, mon
 
 
 def test_knn_and_linear_accept_hub_models_with_the_same_result(tmp_path, monkeypatch):
-    from ssl_zoo.evaluate import evaluate_knn, evaluate_linear
+    from ssl_zoo.eval.frozen import evaluate_knn, evaluate_linear
     from ssl_zoo.hub.export import export
 
     monkeypatch.setenv("SSL_ZOO_CACHE", str(tmp_path / "cache"))
@@ -100,7 +100,7 @@ def test_knn_and_linear_accept_hub_models_with_the_same_result(tmp_path, monkeyp
 
 def test_missing_eval_source_is_a_clear_error(tmp_path):
     from ssl_zoo.checkpoint import CheckpointError
-    from ssl_zoo.evaluate import evaluate_knn
+    from ssl_zoo.eval.frozen import evaluate_knn
 
     with pytest.raises(CheckpointError, match="no such run directory, checkpoint or hub model folder"):
         evaluate_knn(str(tmp_path / "runs/typo"))

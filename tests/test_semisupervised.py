@@ -97,7 +97,7 @@ def tiny_recipe(recipe, epochs: float = 1):
 
 
 def test_finetune_keeps_simclrv2_first_head_layer_and_saves_a_safe_classifier(tiny_run):
-    from ssl_zoo.evaluate import load_method
+    from ssl_zoo.run_dir import load_method
 
     result, out = finetune(str(tiny_run), 0.5, tiny_recipe(finetune_recipe(0.5)), progress=False)
     assert out == tiny_run / "eval/finetune_50pct.json" and json.loads(out.read_text())["test_top1"] == result.test_top1
@@ -187,7 +187,7 @@ def pretrained_fashion_mnist(tmp_path_factory):
 
 
 def test_pretraining_beats_random_init_in_linear_probe_finetuning_and_distillation(pretrained_fashion_mnist):
-    from ssl_zoo.evaluate import evaluate_linear
+    from ssl_zoo.eval.frozen import evaluate_linear
 
     run = str(pretrained_fashion_mnist)
     top1 = {}

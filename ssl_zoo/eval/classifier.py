@@ -18,7 +18,7 @@ from torch import nn
 from ssl_zoo.augment import EvalView, Normalize
 from ssl_zoo.backbones import BackboneSpec, rebuild_backbone, spec_of
 from ssl_zoo.checkpoint import CheckpointError, atomic_write_json
-from ssl_zoo.eval.knn import extract_features
+from ssl_zoo.eval.features import extract_features
 from ssl_zoo.methods.base import linear_bn_relu
 
 CLASSIFIER_FILE = "classifier.json"

@@ -25,7 +25,7 @@ from ssl_zoo.checkpoint import atomic_write_json
 from ssl_zoo.config import ConfigError, DataConfig, ModelConfig, OptimConfig, build_dataclass
 from ssl_zoo.eval.classifier import Classifier, load_classifier, save_classifier, top1_accuracy
 from ssl_zoo.eval.supervised import Recipe, train_on
-from ssl_zoo.evaluate import labelled_splits, load_source
+from ssl_zoo.eval.source import labelled_splits, load_source
 from ssl_zoo.optim import scaled_lr
 from ssl_zoo.runtime import pick_device
 

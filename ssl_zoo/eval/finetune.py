@@ -21,7 +21,7 @@ from ssl_zoo.checkpoint import atomic_write_json
 from ssl_zoo.config import ConfigError, OptimConfig, to_dict
 from ssl_zoo.eval.classifier import Classifier, save_classifier, top1_accuracy
 from ssl_zoo.eval.supervised import Recipe, train_on
-from ssl_zoo.evaluate import labelled_splits, load_source
+from ssl_zoo.eval.source import labelled_splits, load_source
 from ssl_zoo.optim import scaled_lr
 from ssl_zoo.runtime import pick_device
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ssl_zoo.augment import ViewAugment, ViewSpec
 from ssl_zoo.config import ConfigError, OptimConfig
 from ssl_zoo.data import Batch, build_loader
+from ssl_zoo.eval.features import Selection
 from ssl_zoo.optim import Schedule, build_optimizer, scaled_lr
 from ssl_zoo.errors import NonFiniteLossError
 
@@ -62,7 +63,7 @@ def train_on(model: nn.Module, dataset, indices: torch.Tensor, loss_of: LossFn, 
     schedule = Schedule(recipe.optim, scaled_lr(recipe.optim, batch_size), steps_per_epoch, total)
     sampler = torch.utils.data.RandomSampler(indices.tolist(), replacement=False, num_samples=total * batch_size,
                                              generator=torch.Generator().manual_seed(recipe.seed))
-    loader = build_loader(_Indexed(dataset, indices), batch_size, num_workers=0, sampler=sampler)
+    loader = build_loader(Selection(dataset, indices), batch_size, num_workers=0, sampler=sampler)
     model.train()
     recent: list[float] = []
     bar = tqdm(loader, total=total, desc=desc, disable=not progress, leave=False)
@@ -79,16 +80,3 @@ def train_on(model: nn.Module, dataset, indices: torch.Tensor, loss_of: LossFn, 
         recent = (recent + [loss.item()])[-steps_per_epoch:]
         bar.set_postfix(loss=f"{recent[-1]:.4f}")
     return sum(recent) / len(recent)
-
-
-class _Indexed(torch.utils.data.Dataset):
-    """dataset[indices] with batched reads (the sampler yields positions into `indices`)."""
-
-    def __init__(self, dataset, indices: torch.Tensor) -> None:
-        self.dataset, self.indices = dataset, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitems__(self, positions: list[int]) -> Batch:
-        return self.dataset.__getitems__(self.indices[positions].tolist())

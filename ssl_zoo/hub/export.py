@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from ssl_zoo.augment import NORMALIZATIONS
 from ssl_zoo.backbones import spec_of
 from ssl_zoo.config import to_dict
-from ssl_zoo.evaluate import TrainedRun, load_method, run_dir_of
+from ssl_zoo.run_dir import EVAL_DIR, TrainedRun, load_method, run_dir_of
 from ssl_zoo.hub.card import model_card
 from ssl_zoo.hub.download import sha256_file
 from ssl_zoo.hub.index import HubError, check_name, read_local_index, write_local_index
@@ -33,7 +33,7 @@ def run_metrics(checkpoint: Path, run_step: int) -> dict:
         found = [r for r in read_metrics(log) if "knn_top1" in r and r.get("step", 0) <= run_step]
         if found:
             metrics.update(knn_top1=found[-1]["knn_top1"], knn_step=found[-1]["step"])
-    for path in sorted((run_dir / "eval").glob("*.json")):
+    for path in sorted((run_dir / EVAL_DIR).glob("*.json")):
         if "scratch" in path.stem or not path.stem.startswith(("linear_probe", "finetune_", "distill_")):
             continue
         result = json.loads(path.read_text())

@@ -37,6 +37,7 @@ from ssl_zoo.experiment import load_config
 from ssl_zoo.distributed import rendezvous_port
 from ssl_zoo.errors import RunDirBusyError
 from ssl_zoo.launch.preemption import requeue_after_sigterm
+from ssl_zoo.run_dir import run_dir_for
 
 
 def rendezvous_env(env: submitit.JobEnvironment) -> dict[str, str]:
@@ -83,7 +84,7 @@ class TrainJob:
         if env.num_tasks > 1:
             os.environ.update(rendezvous_env(env))
         cfg = load_config(self.config)
-        run_dir = Path(cfg.train.output_dir) / cfg.train.name
+        run_dir = run_dir_for(cfg)
         main, job_id = env.global_rank == 0, str(env.job_id)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         status_file = run_dir / "job_status.json"

@@ -24,6 +24,7 @@ from ssl_zoo.experiment import load_config
 from ssl_zoo.launch.job import TrainJob
 from ssl_zoo.launch.preflight import check_data_paths, summary
 from ssl_zoo.launch.profile import ClusterProfile
+from ssl_zoo.run_dir import run_dir_for
 
 JOBS_FILE = "jobs.jsonl"  # append-only: one JSON line per submission
 
@@ -134,11 +135,11 @@ def plan(config: str, profile: ClusterProfile, overrides: list[str], sweeps: lis
     base = load_config(config, overrides)
     if len(combos) == 1:
         jobs = [(resolve(config, overrides, profile), overrides)]
-        folder = Path(jobs[0][0].train.output_dir) / jobs[0][0].train.name / "submitit"
+        folder = run_dir_for(jobs[0][0]) / "submitit"
     else:
         jobs = [(resolve(config, overrides + combo + [f"train.name={base.train.name}/{i:03d}_{_slug(combo)}"],
                          profile), overrides + combo) for i, combo in enumerate(combos)]
-        folder = Path(base.train.output_dir) / base.train.name / "submitit"
+        folder = run_dir_for(base) / "submitit"
     return Plan(profile, jobs, folder, base.train.name)
 
 
@@ -153,7 +154,7 @@ def queue(plan: Plan) -> list[Submitted]:
             jobs = [executor.submit(fn) for fn in fns]
     submitted = []
     for job, (cfg, overrides) in zip(jobs, plan.jobs):
-        run_dir = Path(cfg.train.output_dir) / cfg.train.name
+        run_dir = run_dir_for(cfg)
         _record(run_dir, job, plan.profile, overrides)
         submitted.append(Submitted(str(job.job_id), run_dir, job.paths.stdout, job.paths.stderr, job))
     return submitted
