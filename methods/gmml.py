@@ -89,8 +89,8 @@ def patch_tokens(vit: nn.Module, images: torch.Tensor, blocks: list[int]) -> tor
 
 def corrupt_views(views: Views, spec: GroupCorruption, n: int = 2) -> Views:
     """`views` with GMML-corrupted copies of the first n crops and their masks."""
-    corrupted, masks = zip(*(group_corrupt(crop, spec) for crop in views.crops[:n]))
-    return dataclasses.replace(views, corrupted=list(corrupted), corruption_masks=list(masks))
+    corrupted, masks = group_corrupt(torch.cat(views.crops[:n]), spec, views=n)  # all n in one call
+    return dataclasses.replace(views, corrupted=list(corrupted.chunk(n)), corruption_masks=list(masks.chunk(n)))
 
 
 def reconstruction_grid(normalize: Normalize, clean: torch.Tensor, corrupted: torch.Tensor, recon: torch.Tensor,

@@ -106,13 +106,30 @@ def cross_view_loss(teacher: list[torch.Tensor], student: list[torch.Tensor], st
 
 
 def masked_patch_loss(teacher: torch.Tensor, student: torch.Tensor, masks: torch.Tensor,
-                      student_temp: float) -> torch.Tensor:
+                      student_temp: float, hidden: torch.Tensor | None = None) -> torch.Tensor:
     """iBOT's loss (as lightly's IBOTPatchLoss, which fuses its centre in like DINOLoss): per image the
     mean CE over its masked patches, summed and divided by ALL images (an unmasked image adds 0 but
-    counts). teacher/student: (M, K) over the masked patches in `masks` (n, N) order."""
+    counts). teacher/student: (M, K) over the masked patches in `masks` (n, N) order; `hidden`: their
+    masked_indices, when the caller has them already."""
     ce = -(teacher * F.log_softmax(student.float() / student_temp, dim=-1)).sum(dim=-1)
-    weight = (1.0 / masks.sum(dim=1).clamp(min=1)).unsqueeze(1).expand_as(masks)[masks]
-    return (ce * weight).sum() / masks.shape[0]
+    weight = (1.0 / masks.sum(dim=1).clamp(min=1)).unsqueeze(1).expand_as(masks).flatten()
+    hidden = masked_indices(masks) if hidden is None else hidden
+    return (ce * weight.index_select(0, hidden)).sum() / masks.shape[0]
+
+
+def masked_indices(masks: torch.Tensor) -> torch.Tensor:
+    """(M,) flat indices of the True entries of (n, N) `masks`, row-major (the order of `x[masks]`).
+
+    The one host sync of RAD-DINO's step: how many patches the block masks hid is data, and the iBOT
+    heads, the Sinkhorn-Knopp normalisation and the loss run over exactly those M patches (padding
+    them to a fixed count would put fake rows into Sinkhorn-Knopp's normalisation over rows). DINOv2
+    pays the same sync in its collate (`mask.nonzero()`, on the host, in the loader)."""
+    return masks.flatten().nonzero().squeeze(1)
+
+
+def _rows(patches: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """(n, N, D) patch tokens -> the (M, D) rows at flat `indices` (masked_indices)."""
+    return patches.flatten(0, 1).index_select(0, indices)
 
 
 def koleo_loss(cls_tokens: torch.Tensor, crops: int) -> torch.Tensor:
@@ -218,17 +235,19 @@ class RADDINO(SelfDistillation):
         temp = cfg.teacher_temp(progress)
         crops = torch.cat(views.crops[:2])  # the 2B global crops, masks in the same order
         masks = views.patch_masks.flatten(1)
+        hidden = masked_indices(masks)
         with torch.no_grad():  # the teacher sees the unmasked crops
             t_cls, t_patches = self.teacher.tokens(crops)
             t_dino = self.dino_targets(self.teacher.dino_head(t_cls), temp)
-            t_ibot = self.ibot_targets(self.teacher.patch_head(t_patches[masks]), temp)
+            t_ibot = self.ibot_targets(self.teacher.patch_head(_rows(t_patches, hidden)), temp)
         s_cls, s_patches = self.student.tokens(crops, masks)
         cls = [s_cls]
         if cfg.n_local:
             cls.append(self.student.tokens(torch.cat(views.crops[2:]))[0])
         s_dino = self.student.dino_head(torch.cat(cls))
         dino = cross_view_loss(list(t_dino.chunk(2)), list(s_dino.chunk(2 + cfg.n_local)), cfg.student_temp)
-        ibot = masked_patch_loss(t_ibot, self.student.patch_head(s_patches[masks]), masks, cfg.student_temp)
+        ibot = masked_patch_loss(t_ibot, self.student.patch_head(_rows(s_patches, hidden)), masks, cfg.student_temp,
+                                 hidden)
         koleo = koleo_loss(s_cls, 2)
         loss = cfg.dino_weight * dino + cfg.ibot_weight * ibot + cfg.koleo_weight * koleo
         return {"loss": loss, "dino": dino.detach(), "ibot": ibot.detach(), "koleo": koleo.detach()}

@@ -12,12 +12,12 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
-from lightly.loss import NTXentLoss
 from lightly.models.utils import concat_all_gather
 from torch import nn
 
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
 from ssl_zoo.config import OptimConfig, bounded
+from ssl_zoo.contrastive import nt_xent_loss
 from ssl_zoo.methods.base import EMA, Method, frozen_copy, linear_bn_relu
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Progress
@@ -113,7 +113,6 @@ class SimCLRv2(Method):
         self.encoder = backbone
         d = backbone.num_features
         self.head = ProjectionHeadV2(d, cfg.head_hidden_dim or d, cfg.out_dim, cfg.head_layers)
-        self.ntxent = NTXentLoss(temperature=cfg.temperature, gather_distributed=cfg.gather_distributed)
         if cfg.memory_size:
             self.momentum_encoder = frozen_copy(self.encoder)
             self.momentum_head = frozen_copy(self.head)
@@ -128,7 +127,7 @@ class SimCLRv2(Method):
         between negatives.
         """
         with torch.autocast(z0.device.type, enabled=False):
-            return 2.0 * self.ntxent(z0.float(), z1.float())
+            return 2.0 * nt_xent_loss(z0.float(), z1.float(), self.cfg.temperature, self.cfg.gather_distributed)
 
     def memory_loss(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Each view's query against the other view's EMA key and the memory, both directions summed;

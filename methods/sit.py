@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightly.loss import NTXentLoss
 from lightly.models.modules.heads import ProjectionHead
 from lightly.utils import dist as lightly_dist
 from torch import nn
@@ -31,6 +30,7 @@ from torch import nn
 from ssl_zoo import distributed as dist
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
 from ssl_zoo.config import ExperimentConfig, OptimConfig, bounded
+from ssl_zoo.contrastive import nt_xent_loss
 from ssl_zoo.corruption import GroupCorruption, V1Distortion, v1_distort
 from ssl_zoo.data import Batch
 from ssl_zoo.methods.base import EMA, Method, disable_drop_path, frozen_copy, preview
@@ -272,7 +272,6 @@ class SiTV1(SiT):
         self.net = V1Network(vit, cfg.out_dim)
         self.log_vars = nn.Parameter(torch.ones(3))  # rotation, contrastive, reconstruction; init 1.0
         self.register_buffer("loss_scales", torch.tensor([1.0, 1.0, 0.5]), persistent=False)  # CE, NT-Xent, L1
-        self.ntxent = NTXentLoss(temperature=cfg.temperature)  # per-rank batch, as the official loss
 
     def views(self, batch: Batch) -> Views:
         """Each augmented view rotated by its label (boxes and flips describe it before the rotation), so
@@ -290,7 +289,7 @@ class SiTV1(SiT):
         rot_logits, z, recon = self.net(corrupted)
         with torch.autocast(z.device.type, enabled=False):
             losses = torch.stack([F.cross_entropy(rot_logits.float(), torch.cat(views.rotations)),
-                                  self.ntxent(*z.float().chunk(2)),
+                                  nt_xent_loss(*z.float().chunk(2), self.cfg.temperature),  # per-rank batch, as official
                                   F.l1_loss(recon.float(), clean.float())])  # all pixels, against the rotated clean view
             loss = uncertainty_weighted(losses, self.log_vars, self.loss_scales)
         return {"loss": loss, "rotation_loss": losses[0].detach(), "contrastive_loss": losses[1].detach(),

@@ -72,8 +72,9 @@ def sample_blocks(batch: int, count: int, height: int, width: int, min_side: int
     u = torch.rand(4, batch, count, device=device)
 
     def randint(lo: int, hi: torch.Tensor | int, v: torch.Tensor) -> torch.Tensor:
-        span = torch.as_tensor(hi, device=device) - lo
-        return lo + torch.floor(v * span.clamp_min(1)).long()
+        span = hi - lo
+        span = span.clamp_min(1) if isinstance(span, torch.Tensor) else max(span, 1)  # ints stay on the host
+        return lo + torch.floor(v * span).long()
 
     top = torch.div(randint(0, height - min_side, u[0]), align, rounding_mode="floor") * align
     left = torch.div(randint(0, width - min_side, u[1]), align, rounding_mode="floor") * align
@@ -104,16 +105,24 @@ def block_masks(targets: torch.Tensor, height: int, width: int, min_side: int, m
     areas, overlaps counted again (SiT v1). Blocks come in chunks of K per image, all drawn at once:
     block j is accepted while the coverage before it is below the target (the official `while`
     test), so an image accepts a prefix of its blocks, found from the running coverage (for the union:
-    from the index of the first block covering each pixel). The host looks at the data once per chunk.
+    from the index of the first block covering each pixel).
+
+    Host syncs: none with count="area": every block adds at least min_side^2 pixels, so
+    ceil(pixels / min_side^2) blocks always suffice and are drawn (in chunks) without looking. The
+    union has no such bound (a block may add nothing new), so the host reads "is every image covered?"
+    after each chunk: one sync per call, nearly always (one chunk covers every image); callers put all
+    their views in one call.
     """
     batch, device = targets.shape[0], targets.device
     targets = targets.float()
     pixels = height * width
     chunk = max(8, min(256, chunk_elements // max(1, batch * pixels)))
+    # "area": no target exceeds the image, so this many blocks always reach it (see the docstring)
+    blocks_needed = min(max_blocks, -(-pixels // min_side ** 2)) if count == "area" else max_blocks
     mask = torch.zeros(batch, pixels, dtype=torch.bool, device=device)
     covered = torch.zeros(batch, device=device)
-    for _ in range(0, max_blocks, chunk):
-        if not bool((covered < targets).any()):
+    for start in range(0, blocks_needed, chunk):
+        if start and count == "union" and not bool((covered < targets).any()):
             break
         top, left, h, w = sample_blocks(batch, chunk, height, width, min_side, max_side, align, device)
         blocks = box_masks(top, left, h, w, height, width).flatten(2)  # (B, K, H*W)
@@ -151,22 +160,26 @@ def coverage_targets(low: float, high: float, batch: int, pixels: int, device: t
 
 
 @torch.no_grad()
-def group_corrupt(x: torch.Tensor, spec: GroupCorruption) -> tuple[torch.Tensor, torch.Tensor]:
+def group_corrupt(x: torch.Tensor, spec: GroupCorruption, views: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """GMML corruption of a batch (B, C, H, W) -> (corrupted, mask (B, 1, H, W) in x's dtype, 1 = corrupted).
 
-    Pasted content comes from a different image of the batch (the official code draws any index,
-    itself included, which then pastes the image onto itself: a no-op counted as corrupted).
+    `views` > 1: x is that many views of the same B / views images stacked (view-major), corrupted in one
+    call (one block_masks call: one host sync for all of them). Pasted content comes from a different
+    image of the same view (the official code draws any index, itself included, which then pastes the
+    image onto itself: a no-op counted as corrupted).
     """
     batch, _, height, width = x.shape
     pixels, device = height * width, x.device
-    paste = (torch.rand(batch, device=device) < spec.paste_p) & (batch > 1)
+    per_view = batch // views
+    paste = (torch.rand(batch, device=device) < spec.paste_p) & (per_view > 1)
     fill_target = coverage_targets(min(0.5, spec.coverage), spec.coverage, batch, pixels, device)
     paste_target = coverage_targets(min(0.5, spec.paste_coverage), spec.paste_coverage, batch, pixels, device)
     max_side = max(1, int(spec.max_block * height))  # views are square
     mask = block_masks(torch.where(paste, paste_target, fill_target), height, width, spec.align, max_side,
                        spec.align)
     fill = torch.randn_like(x) if spec.fill == "noise" else torch.zeros_like(x)
-    source = torch.where(paste[:, None, None, None], x[other_images(batch, device)], fill)
+    others = torch.cat([other_images(per_view, device) + v * per_view for v in range(views)])
+    source = torch.where(paste[:, None, None, None], x[others], fill)
     return torch.where(mask, source, x), mask.to(x.dtype)
 
 

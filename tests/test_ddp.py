@@ -168,7 +168,7 @@ def test_simclrv2_negatives_and_gradients_across_ranks(tmp_path):
     rank_losses = torch.stack([r["loss"] for r in ranks])
     assert torch.allclose(rank_losses.mean(), full.detach(), atol=1e-6, rtol=1e-5)
     local_only = _simclr_loss_module()
-    local_only.ntxent.gather_distributed = False
+    local_only.cfg.gather_distributed = False
     assert not torch.allclose(rank_losses[0], local_only.loss(z0[: n // WORLD], z1[: n // WORLD]).detach())
 
     # Gradients: lightly's GatherLayer sums the gathered copies' gradients over ranks, so rank r's

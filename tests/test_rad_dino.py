@@ -300,3 +300,18 @@ def test_short_fashion_mnist_grayscale_run_lowers_the_loss(tmp_path, one_thread)
     losses = fit_losses(raw, 24)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, losses
+
+
+@pytest.mark.parametrize("side", [4, 16, 37])  # 37: RAD-DINO's 518 px / 14 px patches
+def test_block_masks_default_rounds_leave_no_image_growing(side):
+    """A fixed round count replaces "while any image grows" (a host sync per round): the default gives the
+    same masks as four times as many rounds (the first rounds draw the same numbers), so no image was
+    still growing when it stopped."""
+    from ssl_zoo.masking import enough_rounds
+
+    for seed in range(3):
+        torch.manual_seed(seed)
+        default = block_masks(256, side, side)
+        torch.manual_seed(seed)
+        longer = block_masks(256, side, side, rounds=4 * enough_rounds(side * side, 4))
+        assert torch.equal(default, longer), seed
