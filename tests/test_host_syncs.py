@@ -74,3 +74,23 @@ def test_a_training_step_reads_nothing_on_the_host(case, tmp_path):
     found = {phase: dict(c.calls) for phase, c in counters.items() if c.total != EXPLAINED.get((case, phase), 0)}
     assert not found, f"{case}: host syncs {found} (explained: " \
                       f"{ {p: EXPLAINED.get((case, p), 0) for p in PHASES} })"
+
+
+def test_the_trainer_adds_one_host_sync_per_optimizer_step(tmp_path):
+    """The combined non-finite/stop flag (one all-reduce, one read) is the trainer's only per-step sync;
+    grad norm and loss stay on the device until a log step. Counted as the difference between a 7-step
+    and a 3-step run of a sync-free method inside one epoch (8 steps: a new epoch starts the DataLoader's
+    iterator, which draws its seeds on the host), so set-up and the final checkpoint cancel out."""
+    from ssl_zoo.trainer import Trainer
+    from tests.conftest import tiny_config
+
+    def syncs(steps: int) -> int:
+        raw = tiny_config("mae", tmp_path / str(steps), train={"max_steps": steps, "log_every": 1000,
+                                                                "ckpt_every": 1000, "image_every": 0})
+        raw["eval"] = {"knn_every": 0, "final_knn": False}
+        trainer = Trainer(load_config(raw), progress_bar=False)
+        with HostSyncCounter() as counter:
+            trainer.fit()
+        return counter.total
+
+    assert syncs(7) - syncs(3) == 4
