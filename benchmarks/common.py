@@ -7,6 +7,7 @@ Scripts import it as `benchmarks.common` after putting the repository root on sy
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import os
 import platform
@@ -14,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -93,6 +94,37 @@ def ensure_generated_data(cfg) -> None:
     if cfg.data.kind == "multispectral" and FASHION_MULTISPECTRAL in Path(cfg.data.path).parents:
         log(f"writing {FASHION_MULTISPECTRAL} (once; python -m ssl_zoo.data.make_multispectral) ...")
         write_fashion_multispectral(FASHION_MULTISPECTRAL)
+
+
+def run_each(names: Sequence[str], configs: dict[str, Path], missing: str, doing: str,
+             run: Callable[[str, Path], dict]) -> list[dict]:
+    """`run(name, config)` for every method, in order: a method without a config, or whose run raises (e.g.
+    out of memory), gets an error row instead of hiding the others' numbers."""
+    rows = []
+    for name in names:
+        if name not in configs:
+            rows.append({"method": name, "error": missing})
+            continue
+        log(f"[{name}] {configs[name].relative_to(ROOT)}: {doing} ...")
+        try:
+            rows.append(run(name, configs[name]))
+        except Exception as e:  # noqa: BLE001 - reported in the row and the log
+            log(f"[{name}] FAILED: {type(e).__name__}: {e}")
+            rows.append({"method": name, "config": str(configs[name].relative_to(ROOT)),
+                         "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+        gc.collect()
+    return rows
+
+
+def report(path: Path, meta: dict, rows: list[dict], setting: str, table: str) -> int:
+    """Write the JSON record, print provenance, the setting line and the markdown table (last); the exit
+    status is 1 when a method failed."""
+    written = write_json(path, {**meta, "results": rows})
+    print(describe(meta))
+    print(setting)
+    print(f"json: {written}\n")
+    print(table)
+    return 1 if any("error" in r for r in rows) else 0
 
 
 def quiet_overrides(steps: int, out_dir: str | Path, name: str) -> list[str]:

@@ -40,8 +40,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (RESULTS, ROOT, clock_trainer, describe, discover, img_per_s, log,  # noqa: E402
-                               markdown_table, provenance, quiet_overrides, sync, write_json)
+from benchmarks.common import (RESULTS, ROOT, clock_trainer, discover, img_per_s, markdown_table,  # noqa: E402
+                               provenance, quiet_overrides, report, run_each, sync)
 from ssl_zoo.config import ExperimentConfig  # noqa: E402
 from ssl_zoo.experiment import load_config
 from ssl_zoo.registry import available_methods  # noqa: E402
@@ -227,29 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or RESULTS / ("gpu_check_dry.json" if args.dry else "gpu_check.json")
     meta = {**provenance(), "dry": args.dry, "steps": args.steps, "warmup": args.warmup,
             "peak_flop_s": H200_BF16_DENSE_PEAK}
-    rows = []
     with tempfile.TemporaryDirectory(prefix="ssl_zoo_gpu_check_") as tmp:
-        for name in names:
-            if name not in configs:
-                rows.append({"method": name, "error": "no config for this check"})
-                continue
-            log(f"[{name}] {configs[name].relative_to(ROOT)}: {args.warmup} + {args.steps} steps ...")
-            try:
-                rows.append(run_method(name, configs[name], args, tmp))
-            except Exception as e:  # one broken method (e.g. out of memory) must not hide the others' numbers
-                log(f"[{name}] FAILED: {type(e).__name__}: {e}")
-                rows.append({"method": name, "config": str(configs[name].relative_to(ROOT)),
-                             "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
-            gc.collect()
-    written = write_json(output, {**meta, "results": rows})
-    print(describe(meta))
-    print(f"{'dry run (CPU, tiny configs, fp32)' if args.dry else 'bf16 on ' + torch.cuda.get_device_name(0)}: "
-          f"{args.warmup} warm-up + {args.steps} timed steps per method; MFU against "
-          f"{H200_BF16_DENSE_PEAK / 1e12:.1f} TFLOP/s (H200 dense bf16)")
-    print(f"json: {written}\n")
-    print(table(rows))
-    return 1 if any("error" in r for r in rows) else 0
-
+        rows = run_each(names, configs, "no config for this check", f"{args.warmup} + {args.steps} steps",
+                        lambda name, config: run_method(name, config, args, tmp))
+    mode = "dry run (CPU, tiny configs, fp32)" if args.dry else "bf16 on " + torch.cuda.get_device_name(0)
+    return report(output, meta, rows, f"{mode}: {args.warmup} warm-up + {args.steps} timed steps per method; MFU "
+                  f"against {H200_BF16_DENSE_PEAK / 1e12:.1f} TFLOP/s (H200 dense bf16)", table(rows))
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -33,8 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (RESULTS, ROOT, describe, discover, ensure_generated_data, log,  # noqa: E402
-                               markdown_table, provenance, quiet_overrides, write_json)
+from benchmarks.common import (RESULTS, ROOT, discover, ensure_generated_data, log, markdown_table,  # noqa: E402
+                               provenance, quiet_overrides, report, run_each)
 from ssl_zoo.config import DataConfig  # noqa: E402
 from ssl_zoo.experiment import load_config  # noqa: E402
 from ssl_zoo.data import build_dataset  # noqa: E402
@@ -152,34 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     meta = {**provenance(), "minutes": args.minutes, "steps": args.steps, "train_limit": args.train_limit, "test_limit": args.test_limit,
             "k": args.k, "temperature": args.temperature, "linear_epochs": args.linear_epochs}
-    rows = []
     with tempfile.TemporaryDirectory(prefix="ssl_zoo_quality_") as tmp:
-        for name in names:
-            if name not in configs:
-                rows.append({"method": name, "error": "no configs/<method>/*_fashion_mnist.yaml"})
-                continue
-            log(f"[{name}] {configs[name].relative_to(ROOT)}: {args.minutes:g} minutes, then k-NN and linear probe ...")
-            try:
-                rows.append(run_method(name, configs[name], args, tmp, device))
-            except Exception as e:  # one broken method must not hide the others' numbers
-                log(f"[{name}] FAILED: {type(e).__name__}: {e}")
-                rows.append({"method": name, "config": str(configs[name].relative_to(ROOT)),
-                             "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
-            gc.collect()
+        rows = run_each(names, configs, "no configs/<method>/*_fashion_mnist.yaml",
+                        f"{args.minutes:g} minutes, then k-NN and linear probe",
+                        lambda name, config: run_method(name, config, args, tmp, device))
     log("[raw pixels] ...")
     rows.append(raw_pixels(device, args))
-    written = write_json(args.output, {**meta, "results": rows})
-    print(describe(meta))
     limits = " / ".join(f"first {n}" if n else "all" for n in (args.train_limit, args.test_limit))
     cap = f", at most {args.steps} steps" if args.steps else ""
-    print(f"budget: {args.minutes:g} minutes of pretraining per method{cap} (its tiny Fashion-MNIST config; steps "
-          f"reached and wall time in the table); "
-          f"evaluation on Fashion-MNIST train / test images: {limits}; k-NN k={args.k}, T={args.temperature}; "
-          f"linear probe {args.linear_epochs} epochs, lr x wd picked on a 10% validation split of train")
-    print(f"json: {written}\n")
-    print(table(rows))
-    return 1 if any("error" in r for r in rows) else 0
-
+    setting = (f"budget: {args.minutes:g} minutes of pretraining per method{cap} (its tiny Fashion-MNIST config; "
+               f"steps reached and wall time in the table); evaluation on Fashion-MNIST train / test images: "
+               f"{limits}; k-NN k={args.k}, T={args.temperature}; linear probe {args.linear_epochs} epochs, "
+               f"lr x wd picked on a 10% validation split of train")
+    return report(args.output, meta, rows, setting, table(rows))
 
 if __name__ == "__main__":
     raise SystemExit(main())

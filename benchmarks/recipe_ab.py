@@ -23,10 +23,10 @@ CONFIG = "configs/simclrv2/resnet18_fashion_mnist.yaml"
 
 
 def run_variant(config: str, overrides: list[str], images: int, out: str, name: str) -> dict:
-    cfg = load_config(config, overrides + [f"train.output_dir={out}", f"train.name={name}", "train.resume=false",
-                                           "eval.final_knn=false", "eval.knn_train_limit=20000",
-                                           "eval.knn_test_limit=5000", "train.ckpt_every=100000"])
-    cfg.train.max_steps = max(1, images // cfg.train.batch_size)
+    common = [f"train.output_dir={out}", f"train.name={name}", "train.resume=false", "eval.final_knn=false",
+              "eval.knn_train_limit=20000", "eval.knn_test_limit=5000", "train.ckpt_every=100000"]
+    batch = load_config(config, overrides + common).train.batch_size  # the step count follows from it
+    cfg = load_config(config, overrides + common + [f"train.max_steps={max(1, images // batch)}"])
     trainer = Trainer(cfg, progress_bar=False)
     start = time.perf_counter()
     trainer.fit()

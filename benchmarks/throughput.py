@@ -35,8 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (RESULTS, ROOT, describe, discover, ensure_generated_data, img_per_s,  # noqa: E402
-                               log, markdown_table, provenance, quiet_overrides, sync, write_json)
+from benchmarks.common import (RESULTS, ROOT, discover, ensure_generated_data, img_per_s,  # noqa: E402
+                               markdown_table, provenance, quiet_overrides, report, run_each, sync)
 from ssl_zoo.experiment import load_config  # noqa: E402
 from ssl_zoo.schedules import Progress  # noqa: E402
 from ssl_zoo.trainer import Trainer  # noqa: E402
@@ -156,28 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no configs/<method>/*_fashion_mnist.yaml for {missing}; found: {sorted(configs)}")
 
     meta = {**provenance(), "steps": args.steps, "warmup": args.warmup}
-    rows = []
     with tempfile.TemporaryDirectory(prefix="ssl_zoo_bench_") as tmp:
-        for name in names:
-            log(f"[{name}] {configs[name].relative_to(ROOT)} ...")
-            try:
-                rows.append(run_method(name, configs[name], args, tmp))
-            except Exception as e:  # one broken method must not hide the others' numbers
-                log(f"[{name}] FAILED: {type(e).__name__}: {e}")
-                rows.append({"method": name, "config": str(configs[name].relative_to(ROOT)),
-                             "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
-                gc.collect()
+        rows = run_each(names, configs, "no config", "timing", lambda name, config: run_method(name, config, args, tmp))
 
-    written = write_json(args.output, {**meta, "results": rows})
-    print(describe(meta))
-    print(f"steps: {args.steps} timed after {args.warmup} warm-up; img/s = batch / median step time, "
-          "counting source images (not views)")
-    print("full: Trainer.fit() step (loader, augmentation, fwd/bwd, clipping, optimiser, after_step); "
-          "bare: training_step + backward + optimiser step on pre-made views")
-    print(f"json: {written}\n")
-    print(table(rows))
-    return 1 if any("error" in r for r in rows) else 0
-
+    setting = (f"steps: {args.steps} timed after {args.warmup} warm-up; img/s = batch / median step time, counting "
+               "source images (not views)\nfull: Trainer.fit() step (loader, augmentation, fwd/bwd, clipping, "
+               "optimiser, after_step); bare: training_step + backward + optimiser step on pre-made views")
+    return report(args.output, meta, rows, setting, table(rows))
 
 if __name__ == "__main__":
     raise SystemExit(main())
