@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,17 +56,34 @@ def preview(log_images: Callable) -> Callable:
 
 @dataclass(frozen=True)
 class EMA:
-    """A teacher that follows an online module: after every optimiser step the teacher's weights become
-    m * teacher + (1 - m) * online (lightly's update_momentum). Declared by a method (`Method.ema`) so
-    that the update and the logging of m are written once, in the base class."""
+    """A teacher that follows an online module: once per optimiser step the teacher's weights become
+    m * teacher + (1 - m) * online (lightly's update_momentum), in `Method.after_step`. Declared by a method
+    (`Method.ema`) so that the update and the logging of m are written once, in the base class.
+
+    `before_forward`: the official code updates the teacher at the START of step t's forward with m(t)
+    (PixPro). after_step then runs that update after step t - 1's optimiser step: with m(t + 1) after step t,
+    and none after the last step. The official first update, m(0) before step 0, is left out: the teacher
+    starts as a copy of the online module, so it is a no-op (up to float rounding). Either way the update
+    stays a pure function of the progress, so a resumed run continues the same sequence."""
 
     online: str  # attribute (dotted path) of the module trained by the optimiser
     teacher: str  # attribute of its frozen copy
     momentum: Callable[[Progress], float] | float  # a schedule of training progress, or a constant
     log_as: str = "momentum"  # the key of m in schedule_values
+    before_forward: bool = False
 
     def value(self, progress: Progress) -> float:
+        """m of step `progress.step`'s update (what schedule_values logs)."""
         return self.momentum(progress) if callable(self.momentum) else self.momentum
+
+    def value_after_step(self, progress: Progress) -> float | None:
+        """m of the update that after_step applies after optimiser step `progress.step`; None: no update."""
+        if not self.before_forward:
+            return self.value(progress)
+        step = progress.step + 1
+        if step >= progress.total_steps:
+            return None
+        return self.value(dataclasses.replace(progress, step=step, epoch=step // max(progress.steps_per_epoch, 1)))
 
 
 class Method(nn.Module):
@@ -153,7 +171,9 @@ class Method(nn.Module):
     def after_step(self, progress: Progress) -> None:
         """Update non-gradient state after the optimiser step: the EMA teachers of `ema`."""
         for pair in self.ema():
-            update_momentum(self.get_submodule(pair.online), self.get_submodule(pair.teacher), m=pair.value(progress))
+            m = pair.value_after_step(progress)
+            if m is not None:
+                update_momentum(self.get_submodule(pair.online), self.get_submodule(pair.teacher), m=m)
 
     def schedule_values(self, progress: Progress) -> dict[str, float]:
         """Scalars of the method's own schedules, for logging: the EMA momentum; overrides add theirs

@@ -5,6 +5,12 @@ Two BYOL-augmented views; every feature bin of the online ResNet C5 map is proje
 MLP), smoothed by the pixel propagation module (PPM) and pulled towards the momentum branch's
 projections of the bins of the OTHER view that lie at the same place in the original image.
 Positives come from the crop boxes the on-device augmentation records (ssl_zoo.geometry).
+
+Momentum encoder timing: the official code (contrast/models/PixPro.py, `_momentum_update_key_encoder`)
+updates it at the start of each forward, step k with m = 1 - (1 - m0) (cos(pi k / K) + 1) / 2, i.e. before
+the step that reads it. The zoo applies that same update after the previous optimiser step (EMA
+`before_forward`: after step t with m(t + 1), none after the last step), so the key encoder of every step
+is the official one; the official first update (k = 0) is a no-op, the key encoder starting as a copy.
 """
 
 from __future__ import annotations
@@ -149,7 +155,7 @@ class PixPro(Method):
         return {"loss": loss}
 
     def ema(self) -> list[EMA]:
-        return [EMA("online", "momentum_encoder", self.cfg.momentum)]
+        return [EMA("online", "momentum_encoder", self.cfg.momentum, before_forward=True)]  # see the module docstring
 
     def backbone(self) -> nn.Module:
         """The online encoder, which the official code exports for transfer (`module.encoder.`)."""

@@ -9,7 +9,8 @@ reconstruction.
 SiTV1, variant "v1" (the 2021 paper): one ViT with a rotation and a contrastive token; each view is
 rotated by a labelled multiple of 90 degrees and distorted; 4-way rotation CE, NT-Xent between the
 two views, L1 reconstruction of the rotated clean view over all pixels, combined with learned
-uncertainty weights.
+uncertainty weights as the July 2021 revision of the official losses.py weighs them
+(`uncertainty_weighted`: exp(-adj s) L + s / 2, adj 0.5 for the L1).
 
 What they share (two views, the ViT built at the view size, the optimiser defaults, the image preview)
 lives in the SiT base class.
@@ -93,8 +94,16 @@ def moco_v3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float, gather: b
 
 
 def uncertainty_weighted(losses: torch.Tensor, log_vars: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """SiT v1's learned task weighting: sum_i scale_i * exp(-s_i) * L_i + s_i / 2."""
-    return (scales * torch.exp(-log_vars) * losses + 0.5 * log_vars).sum()
+    """SiT v1's learned task weighting, as the July 2021 revision of the official losses.py
+    (`LearnedLoss.calculate_weighted_loss`, Sara-Ahmed/SiT commit 2ec822e): sum_i exp(-scale_i s_i) L_i + s_i / 2.
+    losses, log_vars s, scales (adj: 1 for CE and NT-Xent, 0.5 for L1): (T,) each -> scalar.
+
+    Why this revision and not the first one (`adj * exp(-s) * L + s / 2`, commit 1767b91): the two agree
+    for CE and NT-Xent (adj 1) and differ only for L1, where the later one is the Laplace negative
+    log-likelihood L / b + log b with b = exp(s / 2), the uncertainty weighting that fits an L1 loss
+    (the first one is the Gaussian 0.5 L / sigma^2 + log sigma of an L2 loss), and it is the authors' own
+    correction of the first."""
+    return (torch.exp(-scales * log_vars) * losses + 0.5 * log_vars).sum()
 
 
 class LatestNetwork(nn.Module):
@@ -252,6 +261,8 @@ class SiTV1(SiT):
 
     @dataclass
     class Config:
+        """Losses weighted as the July 2021 revision of the official losses.py (`uncertainty_weighted`)."""
+
         name: Literal["sit"] = "sit"
         variant: Literal["v1"] = "v1"
         views: list[ViewSpec] = field(default_factory=sit_v1_views)

@@ -1,8 +1,11 @@
 """Where the feature-map bins of a crop lie in the original image.
 
 Dense methods (PixPro) match feature bins across two views by position in the ORIGINAL image.
-A view records its box as normalised (x1, y1, x2, y2) with x1 > x2 when it was flipped
-(ssl_zoo.augment.Views.boxes), so walking the bins from x1 towards x2 already follows the flip.
+A view records its box as normalised pixel edges (x1, y1, x2, y2) with x1 > x2 when it was flipped
+(ssl_zoo.augment.Views.boxes), so walking the bins from x1 towards x2 already follows the flip. The
+view's edges are the box's edges (ssl_zoo.augment.crop_resize, torchvision's resized_crop), so bin j of
+w covers [x1 + j (x2 - x1) / w, x1 + (j + 1) (x2 - x1) / w] of the original: its centre is where
+`bin_centres` puts it, as in the official PixPro code.
 
 Whole images (data.max_aspect > 1) travel centred in square canvases; `valid_offset` is the one rule
 the loader pads by and the augmentation crops by.

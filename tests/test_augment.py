@@ -6,10 +6,18 @@ PLAIN = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0, interpolation
 
 
 def coordinate_images(batch=16, size=32):
-    """Channel 0 encodes x, channel 1 encodes y: a crop's content reveals where it came from."""
-    xs = torch.arange(size).float().view(1, 1, 1, size).expand(batch, 1, size, size)
-    ys = torch.arange(size).float().view(1, 1, size, 1).expand(batch, 1, size, size)
-    return torch.cat([xs, ys, torch.zeros_like(xs)], 1) / (size - 1)
+    """Channel 0 encodes x, channel 1 encodes y (pixel p holds its centre p + 0.5, over size): a crop's
+    content reveals where it came from."""
+    xs = (torch.arange(size).float() + 0.5).view(1, 1, 1, size).expand(batch, 1, size, size)
+    ys = (torch.arange(size).float() + 0.5).view(1, 1, size, 1).expand(batch, 1, size, size)
+    return torch.cat([xs, ys, torch.zeros_like(xs)], 1) / size
+
+
+def first_and_last_centres(a: torch.Tensor, b: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a view's first and last pixel centres lie when it is cut from edges a..b (B,) of an image `size`
+    wide: a + 0.5 (b - a) / size and b - 0.5 (b - a) / size, no further out than the image's outer centres."""
+    half = 0.5 * (b - a) / size
+    return (a + half).clamp(0.5, size - 0.5), (b - half).clamp(0.5, size - 0.5)
 
 
 def test_shapes_ranges_and_dtypes():
@@ -40,11 +48,13 @@ def test_boxes_match_the_crop_content():
     view, boxes, flips = aug(images)
     assert not flips.any()
     x1, y1, x2, y2 = (boxes * size).unbind(1)
-    # first / last pixel centres of the crop carry their original coordinates
-    assert torch.allclose(view[:, 0, 0, 0] * (size - 1), x1, atol=1e-3)
-    assert torch.allclose(view[:, 0, 0, -1] * (size - 1), x2 - 1, atol=1e-3)
-    assert torch.allclose(view[:, 1, 0, 0] * (size - 1), y1, atol=1e-3)
-    assert torch.allclose(view[:, 1, -1, 0] * (size - 1), y2 - 1, atol=1e-3)
+    # the first / last pixels of the crop carry the original coordinates of their centres
+    left, right = first_and_last_centres(x1, x2, size)
+    top, bottom = first_and_last_centres(y1, y2, size)
+    assert torch.allclose(view[:, 0, 0, 0] * size, left, atol=1e-3)
+    assert torch.allclose(view[:, 0, 0, -1] * size, right, atol=1e-3)
+    assert torch.allclose(view[:, 1, 0, 0] * size, top, atol=1e-3)
+    assert torch.allclose(view[:, 1, -1, 0] * size, bottom, atol=1e-3)
 
 
 def test_flip_recorded_and_box_x_swapped():
@@ -58,8 +68,9 @@ def test_flip_recorded_and_box_x_swapped():
     left, right = view[:, 0, 0, 0], view[:, 0, 0, -1]
     assert torch.equal(flips, left > right)
     assert torch.equal(flips, boxes[:, 0] > boxes[:, 2])
-    x_start = torch.where(flips, boxes[:, 2], boxes[:, 0]) * size
-    assert torch.allclose(torch.minimum(left, right) * (size - 1), x_start, atol=1e-3)
+    x_start, x_end = (torch.where(flips[:, None], boxes[:, [2, 0]], boxes[:, [0, 2]]) * size).unbind(1)
+    first, _ = first_and_last_centres(x_start, x_end, size)
+    assert torch.allclose(torch.minimum(left, right) * size, first, atol=1e-3)
 
 
 def test_random_resized_crop_area_and_ratio_within_range():

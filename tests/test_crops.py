@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms import InterpolationMode, RandomResizedCrop
+from torchvision.transforms.v2.functional import resized_crop
 
 from ssl_zoo.augment import MultiViewAugment, ViewAugment, ViewSpec, crop_resize, sample_boxes
 
@@ -68,23 +69,35 @@ def test_whole_image_boxes_follow_torchvisions_random_resized_crop(height, width
     assert ks_pvalue(wrong[long_axis], reference[long_axis]) < 1e-6
 
 
-def test_crops_come_from_each_images_own_valid_region():
-    """Each canvas pixel carries its canvas coordinates: a crop's corners show where it was cut."""
+def view_centres(x1: torch.Tensor, x2: torch.Tensor, size: int) -> torch.Tensor:
+    """Where the pixel centres of a view cut from edges x1..x2 (B,) lie: (B, size) edge coordinates
+    x1 + (i + 0.5) (x2 - x1) / size (torchvision's resized_crop)."""
+    return x1[:, None] + (torch.arange(size) + 0.5) * (x2 - x1)[:, None] / size
+
+
+def test_a_ramps_view_holds_what_its_recorded_box_predicts_at_every_pixel_centre():
+    """Each canvas pixel p holds its centre's coordinate p + 0.5 (a ramp, which bilinear sampling reproduces
+    exactly): every view pixel shows where the recorded box, mapped back into the canvas, puts its centre.
+    Samples beyond the outermost centres read the border pixel."""
     torch.manual_seed(6)
     side, n = 40, 64
-    xs = torch.arange(side).float().view(1, 1, 1, side).expand(n, 1, side, side)
-    ys = torch.arange(side).float().view(1, 1, side, 1).expand(n, 1, side, side)
-    images = torch.cat([xs, ys, torch.zeros_like(xs)], 1) / (side - 1)
+    xs = (torch.arange(side).float() + 0.5).view(1, 1, 1, side).expand(n, 1, side, side)
+    ys = (torch.arange(side).float() + 0.5).view(1, 1, side, 1).expand(n, 1, side, side)
+    images = torch.cat([xs, ys, torch.zeros_like(xs)], 1) / side
     sizes = torch.stack([torch.randint(20, side + 1, (n,)), torch.randint(20, side + 1, (n,))], 1)
-    view, boxes, _ = ViewAugment(ViewSpec(size=side, scale=(0.1, 0.9), **PLAIN))(images, sizes)
+    view, boxes, _ = ViewAugment(ViewSpec(size=side, scale=(0.1, 0.9), **PLAIN))(images, sizes)  # enlarged: no blur
     height, width = sizes.unbind(1)
     top, left = (side - height) // 2, (side - width) // 2
     x1, y1, x2, y2 = boxes.unbind(1)
     assert boxes.min() >= 0 and boxes.max() <= 1
-    assert torch.allclose(view[:, 0, 0, 0] * (side - 1), left + x1 * width, atol=1e-3)
-    assert torch.allclose(view[:, 0, 0, -1] * (side - 1), left + x2 * width - 1, atol=1e-3)
-    assert torch.allclose(view[:, 1, 0, 0] * (side - 1), top + y1 * height, atol=1e-3)
-    assert torch.allclose(view[:, 1, -1, 0] * (side - 1), top + y2 * height - 1, atol=1e-3)
+    cx = view_centres(left + x1 * width, left + x2 * width, side).clamp(0.5, side - 0.5)
+    cy = view_centres(top + y1 * height, top + y2 * height, side).clamp(0.5, side - 0.5)
+    assert torch.allclose(view[:, 0] * side, cx[:, None, :].expand(-1, side, -1), atol=1e-3)
+    assert torch.allclose(view[:, 1] * side, cy[:, :, None].expand(-1, -1, side), atol=1e-3)
+    # the mapping it replaced (first and last pixel centres of the box onto the view's) is told apart
+    first, span = left + x1 * width + 0.5, (x2 - x1) * width - 1
+    old = first[:, None] + torch.arange(side) * span[:, None] / (side - 1)
+    assert (view[:, 0, 0] * side - old).abs().amax() > 0.2
 
 
 def stripes(period: int, side: int = 96) -> torch.Tensor:
@@ -106,12 +119,21 @@ def test_shrinking_a_fine_pattern_does_not_alias():
     assert (crop_resize(stripes(2.5), whole, out, "bilinear") - 0.5).abs().max() < 0.05
 
 
-def test_enlarging_is_not_blurred():
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_enlarged_crops_are_torchvisions_resized_crop(mode):
+    """Away from the border a view is torchvision's resized_crop of its box, without blur (at the border
+    crop_resize reads the image beyond the box, torchvision repeats the box's edge pixel)."""
     torch.manual_seed(7)
-    images = torch.rand(4, 3, 16, 16)
-    boxes = torch.tensor([[2.0, 3, 10, 11]] * 4)  # 8 pixels -> 16: plain interpolation
-    expected = F.interpolate(images[..., 3:11, 2:10], size=(15, 15), mode="bilinear", align_corners=True)
-    assert torch.allclose(crop_resize(images, boxes, 15, "bilinear"), expected, atol=1e-5)
+    images = torch.rand(3, 3, 20, 24)
+    boxes = torch.tensor([[2.0, 3, 10, 11], [0, 0, 9, 8], [15, 12, 24, 20]])  # 8-9 pixels -> 24
+    views = crop_resize(images, boxes, 24, mode)
+    inner = (slice(None), slice(4, -4), slice(4, -4))
+    for view, image, (x1, y1, x2, y2) in zip(views, images, boxes.int().tolist()):
+        expected = resized_crop(image, y1, x1, y2 - y1, x2 - x1, [24, 24], InterpolationMode(mode), antialias=False)
+        assert torch.allclose(view[inner], expected[inner], atol=1e-5)
+        # the first-to-last pixel centre mapping it replaced is far off
+        centres = F.interpolate(image[None, :, y1:y2, x1:x2], size=(24, 24), mode=mode, align_corners=True)[0]
+        assert (centres[inner] - expected[inner]).abs().max() > 0.1
 
 
 def test_local_crops_of_one_recipe_are_made_in_one_call():

@@ -36,11 +36,12 @@ def test_every_frozen_copy_is_a_declared_ema_teacher_that_after_step_updates_and
             for p in online.parameters():
                 p.add_(1.0)
         before = [t.clone() for t in teacher.parameters()]
-        m = pair.value(progress)
+        m = pair.value_after_step(progress)  # this step's m, or the next one's for updates before the forward
+        assert m == pair.value(Progress(4, 10, 0, 10) if pair.before_forward else progress)
         method.after_step(progress)
         for t0, s, t1 in zip(before, online.parameters(), teacher.parameters()):
             assert torch.allclose(t1, m * t0 + (1 - m) * s, atol=1e-6)
-        assert method.schedule_values(progress)[pair.log_as] == m
+        assert method.schedule_values(progress)[pair.log_as] == pair.value(progress)
 
 
 def method_class(case: str) -> type:

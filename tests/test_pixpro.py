@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from lightly.models.utils import update_momentum
 
 from ssl_zoo.augment import Views, ViewAugment, ViewSpec
 from ssl_zoo.config import ConfigError
@@ -213,10 +214,52 @@ def test_momentum_starts_at_0_99_and_follows_the_cosine_to_1(tmp_path):
     before = [t.clone() for t in method.momentum_encoder.parameters()]
     online = [s.detach().clone() for s in method.online.parameters()]
     p = Progress(0, 1000, 0, 100)
-    method.after_step(p)
+    method.after_step(p)  # step 1's update, with step 1's momentum (the official code runs it before step 1)
+    m1 = m(Progress(1, 1000, 0, 100))
+    assert m1 == pytest.approx(1 - 0.01 * (math.cos(math.pi / 1000) + 1) / 2, abs=1e-12)  # the official formula
     for t0, s, t1 in zip(before, online, method.momentum_encoder.parameters()):
-        assert torch.allclose(t1, 0.99 * t0 + 0.01 * s, atol=1e-6)
-    assert method.schedule_values(p) == {"momentum": pytest.approx(0.99)}
+        assert torch.allclose(t1, m1 * t0 + (1 - m1) * s, atol=1e-7)
+    assert method.schedule_values(p) == {"momentum": pytest.approx(0.99)}  # m of step 0's (official) update
+    after = [t.clone() for t in method.momentum_encoder.parameters()]
+    method.after_step(Progress(999, 1000, 9, 100))  # the last step: no step after it to update for
+    assert all(torch.equal(t0, t1) for t0, t1 in zip(after, method.momentum_encoder.parameters()))
+
+
+def test_momentum_updates_follow_the_official_order(tmp_path):
+    """The official code updates the key encoder at the START of step k's forward with m(k); the zoo after
+    step k - 1's optimiser step. Real SGD steps on the same views in both orders end with bit-identical key
+    (and online) encoders. m runs 0.5 -> 0.9: at 0.5 the official first update is a no-op in float32 too
+    (0.5 x + 0.5 x = x; at 0.99 only up to rounding), and an end below 1 shows an update after the last step.
+    Every order updates with lightly's update_momentum: the official `k * m + q * (1 - m)` rounds differently
+    in the last bit, and the order is what is compared."""
+    steps = 3
+    torch.manual_seed(4)
+    method = tiny_pixpro(tmp_path, momentum={"start": 0.5, "end": 0.9})
+    views = [method.views(images(4, seed=k)) for k in range(steps)]
+    initial = {k: v.clone() for k, v in method.state_dict().items()}
+
+    def train(order: str) -> dict[str, torch.Tensor]:
+        method.load_state_dict(initial)
+        optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
+        for k in range(steps):
+            progress = Progress(k, steps, k // 2, 2)
+            if order == "official":  # _momentum_update_key_encoder at the top of forward
+                update_momentum(method.online, method.momentum_encoder, method.cfg.momentum(progress))
+            optimizer.zero_grad()
+            method.training_step(views[k], progress)["loss"].backward()
+            optimizer.step()
+            if order == "zoo":
+                method.after_step(progress)
+            elif order == "after each step with its own m":  # what the zoo ran before
+                update_momentum(method.online, method.momentum_encoder, method.cfg.momentum(progress))
+        return {k: v.clone() for k, v in method.state_dict().items()}
+
+    official, zoo = train("official"), train("zoo")
+    key = [k for k in official if k.startswith("momentum_encoder.")]
+    assert key and all(torch.equal(official[k], zoo[k]) for k in official)
+    assert not all(torch.equal(official[k], initial[k]) for k in key)  # the key encoder did move
+    shifted = train("after each step with its own m")
+    assert not all(torch.equal(official[k], shifted[k]) for k in key)
 
 
 def test_paper_defaults_and_resnet50_shapes():

@@ -167,7 +167,7 @@ def test_v1_loss_is_the_uncertainty_weighted_sum_with_l1_on_all_pixels(tmp_path)
     out = method.training_step(views, STEP)
     losses = torch.stack([out["rotation_loss"], out["contrastive_loss"], out["reconstruction_loss"]])
     s = torch.tensor([0.5, -0.2, 1.5])
-    expected = sum(a * math.exp(-si) * li + si / 2 for a, si, li in zip((1.0, 1.0, 0.5), s.tolist(), losses.tolist()))
+    expected = sum(math.exp(-a * si) * li + si / 2 for a, si, li in zip((1.0, 1.0, 0.5), s.tolist(), losses.tolist()))
     assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
     assert uncertainty_weighted(losses, s, torch.tensor([1.0, 1.0, 0.5])).item() == pytest.approx(expected, rel=1e-5)
     out["loss"].backward()
@@ -175,6 +175,20 @@ def test_v1_loss_is_the_uncertainty_weighted_sum_with_l1_on_all_pixels(tmp_path)
     clean = torch.cat(views.crops)
     assert out["reconstruction_loss"].item() == pytest.approx(F.l1_loss(recon["out"], clean).item(), rel=1e-5)
     assert (recon["out"].grad != 0).float().mean() > 0.99  # every pixel counts, corrupted or not
+
+
+def test_v1_uncertainty_weighting_is_the_july_2021_revision_by_hand():
+    """exp(-adj s) L + s / 2 per task, adj 1 (CE, NT-Xent) and 0.5 (L1); d/ds = -adj exp(-adj s) L + 1 / 2."""
+    losses = torch.tensor([2.0, 3.0, 0.4])
+    s = torch.tensor([0.5, -0.2, 1.5], requires_grad=True)
+    total = uncertainty_weighted(losses, s, torch.tensor([1.0, 1.0, 0.5]))
+    # 2 e^-0.5 + 0.25 = 1.4630613, 3 e^0.2 - 0.1 = 3.5642083, 0.4 e^-0.75 + 0.75 = 0.9389466
+    assert total.item() == pytest.approx(5.9662162, abs=1e-6)
+    total.backward()
+    # -2 e^-0.5 + 0.5, -3 e^0.2 + 0.5, -0.2 e^-0.75 + 0.5
+    assert torch.allclose(s.grad, torch.tensor([-0.7130613, -3.1642083, 0.4055267]), atol=1e-6)
+    # not the first revision (adj e^-s L + s / 2), whose L1 term is 0.2 e^-1.5 + 0.75 = 0.7946260: total 5.8218956
+    assert total.item() != pytest.approx(5.8218956, abs=1e-3)
 
 
 def test_v1_contrastive_is_the_official_nt_xent(tmp_path):

@@ -57,7 +57,7 @@ class Views:
     dataclasses.replace, so views are not changed after they are built."""
 
     crops: list[torch.Tensor]  # each (B, C, h, w), float, normalised
-    boxes: list[torch.Tensor]  # each (B, 4): x1, y1, x2, y2 in [0, 1] of the original; x1 > x2 when flipped
+    boxes: list[torch.Tensor]  # each (B, 4): x1, y1, x2, y2 pixel edges in [0, 1] of the original; x1 > x2 when flipped
     flips: list[torch.Tensor]  # each (B,) bool
     # token split of crops[0] (MAE-style masking: MAE, CroCo, SatMAE++, Selfie): (B, kept) and (B, masked)
     # token indices, row-major (group-major for SatMAE++'s group ViT)
@@ -191,23 +191,28 @@ def gaussian_prefilter(images: torch.Tensor, steps: torch.Tensor, largest_step: 
 
 
 def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """Cut each pixel box (x1, y1, x2, y2, exclusive) out of its image and resize it to size x size: the
-    box's first and last pixel centres map onto the output's (align_corners), sampled with grid_sample
-    after `gaussian_prefilter` wherever the box shrinks."""
+    """Cut each pixel box out of its image and resize it to size x size, with torchvision's `resized_crop`
+    semantics (what the papers' per-image pipelines ran): images (B, C, H, W), boxes (B, 4) x1, y1, x2, y2
+    as pixel EDGES (x2, y2 exclusive) -> (B, C, size, size).
+
+    The box's edges are the view's edges: output pixel i samples x1 + (i + 0.5) (x2 - x1) / size in edge
+    coordinates (pixel p spans [p, p + 1]), so the recorded box is exactly what the view shows (the feature
+    bins PixPro matches by position lie where ssl_zoo.geometry puts them). Sampled with grid_sample after
+    `gaussian_prefilter` wherever the box shrinks. One difference from torchvision, which crops first and
+    repeats the box's edge pixels: when a box is enlarged, the view's outermost pixels interpolate with the
+    image just beyond the box where there is image there."""
     _, _, height, width = images.shape
     x1, y1, x2, y2 = boxes.unbind(1)
-    gaps = max(size - 1, 1)
-    steps = torch.stack([x2 - 1 - x1, y2 - 1 - y1], 1) / gaps
-    images = gaussian_prefilter(images, steps, (max(height, width) - 1) / gaps)
-    # pixel p of an n-pixel side sits at -1 + 2 p / (n - 1) in grid_sample's align_corners coordinates
-    sx, sy = 2 / max(width - 1, 1), 2 / max(height - 1, 1)
+    steps = torch.stack([x2 - x1, y2 - y1], 1) / size  # source pixels per output pixel
+    images = gaussian_prefilter(images, steps, max(height, width) / size)
+    # align_corners=False: -1 and 1 are the image's outer edges, so edge coordinate x sits at 2 x / W - 1
     zero = torch.zeros_like(x1)
     theta = torch.stack([
-        torch.stack([(x2 - 1 - x1) * sx / 2, zero, (x1 + x2 - 1) * sx / 2 - 1], 1),
-        torch.stack([zero, (y2 - 1 - y1) * sy / 2, (y1 + y2 - 1) * sy / 2 - 1], 1),
+        torch.stack([(x2 - x1) / width, zero, (x1 + x2) / width - 1], 1),
+        torch.stack([zero, (y2 - y1) / height, (y1 + y2) / height - 1], 1),
     ], 1)
-    grid = F.affine_grid(theta.to(images.dtype), [images.shape[0], images.shape[1], size, size], align_corners=True)
-    return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=True)
+    grid = F.affine_grid(theta.to(images.dtype), [images.shape[0], images.shape[1], size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
 def odd_kernel(size: int, fraction: float) -> int:
