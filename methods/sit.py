@@ -282,7 +282,7 @@ class SiTV1(SiT):
         super().__init__(cfg)
         self.net = V1Network(vit, cfg.out_dim)
         self.log_vars = nn.Parameter(torch.ones(3))  # rotation, contrastive, reconstruction; init 1.0
-        self.register_buffer("loss_scales", torch.tensor([1.0, 1.0, 0.5]), persistent=False)  # CE, NT-Xent, L1
+        self.register_buffer("uncertainty_adj", torch.tensor([1.0, 1.0, 0.5]), persistent=False)  # CE, NT-Xent, L1
 
     def views(self, batch: Batch) -> Views:
         """Each augmented view rotated by its label (boxes and flips describe it before the rotation), so
@@ -302,7 +302,7 @@ class SiTV1(SiT):
             losses = torch.stack([F.cross_entropy(rot_logits.float(), torch.cat(views.rotations)),
                                   nt_xent_loss(*z.float().chunk(2), self.cfg.temperature),  # per-rank batch, as official
                                   F.l1_loss(recon.float(), clean.float())])  # all pixels, against the rotated clean view
-            loss = uncertainty_weighted(losses, self.log_vars, self.loss_scales)
+            loss = uncertainty_weighted(losses, self.log_vars, self.uncertainty_adj)
         return {"loss": loss, "rotation_loss": losses[0].detach(), "contrastive_loss": losses[1].detach(),
                 "reconstruction_loss": losses[2].detach()}
 

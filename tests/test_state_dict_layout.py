@@ -12,6 +12,7 @@ breaks the loading of older checkpoints.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -43,8 +44,8 @@ def shapes(module) -> dict[str, str]:
 def case_config(case: str, tmp_path: Path) -> dict:
     name, overrides, sections = CASES[case]
     raw = tiny_config(name, tmp_path)
-    raw["method"].update(overrides)
-    raw.update(sections)
+    raw["method"].update(copy.deepcopy(overrides))  # copies: a test that edits its config must not edit CASES
+    raw.update(copy.deepcopy(sections))
     return raw
 
 
