@@ -21,6 +21,7 @@ from ssl_zoo.backbones.croco import CrossViewDecoder, MaskedEncoder, build_croco
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
 from ssl_zoo.data.pairs import SyntheticPairSpec, synthetic_pair_views
+from ssl_zoo.diagnostics import token_embeddings
 from ssl_zoo.geometry import per_axis
 from ssl_zoo.masking import masked_and_filled, masked_patch_mse, pixel_targets, random_patch_split
 from ssl_zoo.methods.base import Method, image_grid, preview
@@ -144,8 +145,10 @@ class CroCo(Method):
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         first, second = views.crops
         masked = views.idx_mask
-        pred = self.reconstruct(first, second, views.idx_keep)
-        return {"loss": masked_patch_mse(pred, self.targets(first), masked)}
+        visible = self.encoder(first, views.idx_keep)  # reconstruct's steps, keeping image 1's tokens
+        pred = self.decoder(visible, views.idx_keep, self.encoder(second))
+        # collapse diagnostics: the encoder's mean visible patch token of image 1
+        return {"loss": masked_patch_mse(pred, self.targets(first), masked), "embeddings": token_embeddings(visible)}
 
     def backbone(self) -> nn.Module:
         return self.encoder.vit

@@ -17,6 +17,7 @@ from torch import nn
 
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
 from ssl_zoo.config import ExperimentConfig, OptimConfig, bounded
+from ssl_zoo.diagnostics import distillation_pair
 from ssl_zoo.methods.base import EMA, Method, disable_drop_path, frozen_copy
 from ssl_zoo.registry import register
 from ssl_zoo.schedules import Cosine, Progress, Warmup
@@ -145,5 +146,9 @@ class DINO(SelfDistillation):
             teacher_out = self.teacher(views.crops[:2])
         student_out = self.student(views.crops)
         teacher_temp = self.cfg.teacher_temp(progress)
+        # global view 1's targets, taken before the loss moves the centre: the ones this step's loss uses
+        targets = torch.softmax((teacher_out[0] - self.criterion.center[0]) / teacher_temp, dim=-1)
         loss = self.criterion(teacher_out, student_out, teacher_temp=teacher_temp)
-        return {"loss": loss}
+        # collapse diagnostics: the student head's output for global view 1 (the logits the loss acts on)
+        return {"loss": loss, "embeddings": student_out[0].detach(),
+                **distillation_pair(targets, student_out[1], self.cfg.student_temp)}

@@ -20,6 +20,7 @@ from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.corruption import GroupCorruption, group_corrupt
 from ssl_zoo.data import Batch
+from ssl_zoo.diagnostics import token_embeddings
 from ssl_zoo.methods.base import Method, image_grid, preview
 from ssl_zoo.methods.dino import DINO
 from ssl_zoo.registry import register
@@ -140,14 +141,25 @@ class GMML(Method):
     def views(self, batch: Batch) -> Views:
         return corrupt_views(self.augment(batch.images, batch.sizes), self.cfg.corruption)
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The patch tokens (B, N, D) the head rebuilds the images from (patch_tokens of `blocks`)."""
+        return patch_tokens(self.vit, images, self.blocks)
+
+    def decode(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Images of side `size` rebuilt from their patch tokens."""
+        return self.head(tokens, self.vit.patch_embed.dynamic_feat_size(size))
+
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        grid = self.vit.patch_embed.dynamic_feat_size(images.shape[-2:])
-        return self.head(patch_tokens(self.vit, images, self.blocks), grid)
+        return self.decode(self.encode(images), images.shape[-2:])
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         """One pass over both crops; one mean over the corrupted pixels of both (as the official code)."""
-        pred = self.reconstruct(torch.cat(views.corrupted))
-        return {"loss": masked_l1(pred, torch.cat(views.crops[:2]), torch.cat(views.corruption_masks))}
+        corrupted = torch.cat(views.corrupted)
+        tokens = self.encode(corrupted)
+        pred = self.decode(tokens, corrupted.shape[-2:])
+        # collapse diagnostics: the mean patch token of crop 1 (every token is seen: GMML corrupts, not drops)
+        return {"loss": masked_l1(pred, torch.cat(views.crops[:2]), torch.cat(views.corruption_masks)),
+                "embeddings": token_embeddings(tokens.chunk(2)[0])}
 
     def backbone(self) -> nn.Module:
         return self.vit

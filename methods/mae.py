@@ -18,6 +18,7 @@ from torch import nn
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec
 from ssl_zoo.config import ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
+from ssl_zoo.diagnostics import token_embeddings
 from ssl_zoo.masking import masked_and_filled, masked_patch_mse, pixel_targets, random_patch_mask
 from ssl_zoo.methods.base import Method, image_grid, preview
 from ssl_zoo.registry import register
@@ -86,16 +87,29 @@ class MAE(Method):
         keep, masked = random_patch_mask(len(batch), self.num_patches, self.cfg.mask_ratio, views.crops[0].device)
         return dataclasses.replace(views, idx_keep=keep, idx_mask=masked)
 
-    def reconstruct(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
-        """Predicted patches (B, N, p*p*C) for every position; visible ones are predicted too."""
+    def sequence_keep(self, idx_keep: torch.Tensor) -> torch.Tensor:
+        """Indices into the encoder's sequence: the prefix tokens (CLS), then the visible patches."""
         prefix = self.encoder.vit.num_prefix_tokens
-        batch = images.shape[0]
-        seq_keep = torch.cat([torch.arange(prefix, device=images.device).expand(batch, -1), idx_keep + prefix], 1)
-        latent = self.decoder_embed(self.encoder.encode(images, idx_keep=seq_keep))
-        tokens = lu.repeat_token(self.decoder.mask_token, (batch, self.num_patches + prefix))
-        tokens = lu.set_at_index(tokens, seq_keep, latent.to(tokens.dtype))
+        first = torch.arange(prefix, device=idx_keep.device).expand(idx_keep.shape[0], -1)
+        return torch.cat([first, idx_keep + prefix], 1)
+
+    def encode(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+        """The encoder's tokens (B, prefix + kept, D): CLS and the visible patches only."""
+        return self.encoder.encode(images, idx_keep=self.sequence_keep(idx_keep))
+
+    def decode(self, encoded: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+        """Predicted patches (B, N, p*p*C) for every position from the encoded tokens; visible ones are
+        predicted too."""
+        prefix = self.encoder.vit.num_prefix_tokens
+        latent = self.decoder_embed(encoded)
+        tokens = lu.repeat_token(self.decoder.mask_token, (encoded.shape[0], self.num_patches + prefix))
+        tokens = lu.set_at_index(tokens, self.sequence_keep(idx_keep), latent.to(tokens.dtype))
         decoded = self.decoder.decode(self.decoder.add_pos_embed(tokens))
         return self.decoder_pred(decoded[:, prefix:])
+
+    def reconstruct(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+        """Predicted patches (B, N, p*p*C) for every position; visible ones are predicted too."""
+        return self.decode(self.encode(images, idx_keep), idx_keep)
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
         return pixel_targets(images, self.patch_size, self.cfg.norm_pix_loss)
@@ -106,8 +120,11 @@ class MAE(Method):
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         images = views.crops[0]
-        pred = self.reconstruct(images, views.idx_keep)
-        return {"loss": self.masked_loss(pred, self.targets(images), views.idx_mask)}
+        encoded = self.encode(images, views.idx_keep)
+        pred = self.decode(encoded, views.idx_keep)
+        # collapse diagnostics: the encoder's mean visible patch token
+        return {"loss": self.masked_loss(pred, self.targets(images), views.idx_mask),
+                "embeddings": token_embeddings(encoded, self.encoder.vit.num_prefix_tokens)}
 
     def backbone(self) -> nn.Module:
         return self.encoder.vit

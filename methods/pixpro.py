@@ -152,7 +152,9 @@ class PixPro(Method):
             t1, t2 = self.momentum_encoder(x1), self.momentum_encoder(x2)
         a12 = self.positives(views, (tuple(y1.shape[-2:]), tuple(y2.shape[-2:])))
         loss = pixpro_loss(y1, t2, a12) + pixpro_loss(y2, t1, a12.transpose(1, 2))
-        return {"loss": loss}
+        # collapse diagnostics: view 1's propagated bins (what the loss pulls to the momentum bins), averaged
+        # over the feature map; no teacher distribution here (a cosine loss, no softmax targets)
+        return {"loss": loss, "embeddings": y1.detach().mean(dim=(2, 3))}
 
     def ema(self) -> list[EMA]:
         return [EMA("online", "momentum_encoder", self.cfg.momentum, before_forward=True)]  # see the module docstring

@@ -25,6 +25,7 @@ from torch import nn
 from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec, minmax_scale
 from ssl_zoo.config import ConfigError, OptimConfig, bounded
 from ssl_zoo.data import Batch
+from ssl_zoo.diagnostics import distillation_pair
 from ssl_zoo.masking import block_masks
 from ssl_zoo.methods.base import disable_drop_path, frozen_copy, image_grid, preview
 from ssl_zoo.methods.dino import SelfDistillation, frozen_head_copy
@@ -250,7 +251,12 @@ class RADDINO(SelfDistillation):
                                  hidden)
         koleo = koleo_loss(s_cls, 2)
         loss = cfg.dino_weight * dino + cfg.ibot_weight * ibot + cfg.koleo_weight * koleo
-        return {"loss": loss, "dino": dino.detach(), "ibot": ibot.detach(), "koleo": koleo.detach()}
+        # collapse diagnostics: the student DINO head's output for global crop 1 (the logits the CLS loss
+        # acts on), and the CLS loss pair teacher crop 1 / student crop 2
+        student_crops = s_dino.chunk(2 + cfg.n_local)
+        return {"loss": loss, "dino": dino.detach(), "ibot": ibot.detach(), "koleo": koleo.detach(),
+                "embeddings": student_crops[0].detach(),
+                **distillation_pair(t_dino.chunk(2)[0], student_crops[1], cfg.student_temp)}
 
     def last_layers(self) -> list[nn.Module]:
         heads = [self.student.dino_head, self.student.ibot_head]

@@ -28,6 +28,7 @@ from ssl_zoo.augment import Normalize, ViewAugment, Views, ViewSpec, to_unit
 from ssl_zoo.backbones.satmae import SENTINEL_GROUPS, GroupChannelDecoder, GroupChannelViT, MultiScaleHead
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
+from ssl_zoo.diagnostics import token_embeddings
 from ssl_zoo.masking import masked_and_filled, random_patch_mask
 from ssl_zoo.methods.base import Method, image_grid, preview
 from ssl_zoo.methods.mae import MAE
@@ -115,7 +116,7 @@ class MultiScaleMAE(Method):
     as an image, loss = mse_weight x masked MSE + l1_weight x the mean L1 over the upscales, evaluation on
     the whole image resized to the model input, and the preview. Subclasses hold the encoder and decoder
     (registered before `add_head`'s modules: the parameter order is the one checkpoints were written in)
-    and say how they mask, reconstruct, score and turn a prediction into an image."""
+    and say how they mask, encode, decode, score and turn a prediction into an image."""
 
     upsample_blocks: ClassVar[int]  # multi-scale head blocks: x2 (and x4)
     default_patch_size: ClassVar[int]
@@ -165,12 +166,18 @@ class MultiScaleMAE(Method):
 
     # ---- what subclasses say ----------------------------------------------------------------
     preview_bands: list[int]  # the bands shown as RGB
+    num_prefix_tokens: int  # the encoder's tokens before the patches (CLS)
 
     def mask(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(idx_keep, idx_mask) over the encoder's tokens."""
         return random_patch_mask(batch, self.num_tokens, self.cfg.mask_ratio, device)
 
-    def reconstruct(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+        """The encoder's tokens (B, prefix + kept, D): CLS and the visible tokens only."""
+        raise NotImplementedError
+
+    def decode(self, encoded: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+        """Predicted patches for every token (visible ones too) from the encoded tokens."""
         raise NotImplementedError
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
@@ -189,6 +196,10 @@ class MultiScaleMAE(Method):
         raise NotImplementedError
 
     # ---- views and loss -----------------------------------------------------------------------
+    def reconstruct(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+        """Predicted patches for every token from the visible ones (the subclass's `decode` layout)."""
+        return self.decode(self.encode(images, idx_keep), idx_keep)
+
     def views(self, batch: Batch) -> Views:
         """crops = [input, x2 target, (x4 target)]: one crop + flip, halved repeatedly; plus the mask."""
         big, boxes, flips = self.crop(batch.images, batch.sizes)
@@ -201,12 +212,15 @@ class MultiScaleMAE(Method):
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         images, *upscaled = views.crops
-        pred = self.reconstruct(images, views.idx_keep)
+        encoded = self.encode(images, views.idx_keep)
+        pred = self.decode(encoded, views.idx_keep)
         mse = self.masked_mse(pred, self.targets(images), views.idx_mask)
         outputs = self.head(self.as_image(pred))
         l1 = sum(F.l1_loss(out, target) for out, target in zip(outputs, upscaled)) / len(outputs)
         loss = self.cfg.mse_weight * mse + self.cfg.l1_weight * l1
-        return {"loss": loss, "mse": mse.detach(), "l1": l1.detach()}
+        # collapse diagnostics: the encoder's mean visible token
+        return {"loss": loss, "mse": mse.detach(), "l1": l1.detach(),
+                "embeddings": token_embeddings(encoded, self.num_prefix_tokens)}
 
     # ---- evaluation and images ------------------------------------------------------------
     @torch.no_grad()
@@ -282,6 +296,7 @@ class SatMAEPP(MultiScaleMAE):
         self.num_tokens = len(vit.groups) * vit.num_patches
         self.add_head(vit.in_chans)
         self.preview_bands = list(cfg.preview_bands)
+        self.num_prefix_tokens = 1  # GroupChannelViT's CLS
 
     def mask(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Over the (group, location) tokens, group-major; per group or the same locations in every group."""
@@ -290,9 +305,12 @@ class SatMAEPP(MultiScaleMAE):
                                    device)
         return super().mask(batch, device)
 
-    def reconstruct(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_features(images, idx_keep)
+
+    def decode(self, encoded: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
         """Predicted patches for every token, (B, C, L, p^2) in band order."""
-        return self.decoder(self.encoder.forward_features(images, idx_keep), idx_keep)
+        return self.decoder(encoded, idx_keep)
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
         patches = band_patches(images, self.patch_size)
@@ -359,10 +377,14 @@ class SatMAEPPRGB(MultiScaleMAE):
         channels = vit.patch_embed.proj.in_channels
         self.add_head(channels)
         self.preview_bands = [0, 1, 2][:channels]
+        self.num_prefix_tokens = vit.num_prefix_tokens
 
-    def reconstruct(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
+        return self.mae.encode(images, idx_keep)
+
+    def decode(self, encoded: torch.Tensor, idx_keep: torch.Tensor) -> torch.Tensor:
         """MAE's predicted patches for every token, (B, N, p^2 C)."""
-        return self.mae.reconstruct(images, idx_keep)
+        return self.mae.decode(encoded, idx_keep)
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
         return self.mae.targets(images)

@@ -145,15 +145,21 @@ class Selfie(Method):
         keep, masked = random_patch_split(len(batch), self.num_patches, self.cfg.num_masked, views.crops[0].device)
         return dataclasses.replace(views, idx_keep=keep, idx_mask=masked)
 
-    def logits(self, images: torch.Tensor, idx_keep: torch.Tensor, idx_mask: torch.Tensor) -> torch.Tensor:
-        """logits[b, i, j] = v_i . h'_j over image b's masked patches: (B, M, M)."""
+    def summary_and_logits(self, images: torch.Tensor, idx_keep: torch.Tensor,
+                           idx_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """u (B, D), the attention pooling's summary of the visible patches, and logits[b, i, j] = v_i . h'_j
+        over image b's masked patches: (B, M, M)."""
         feats = per_patch(self.patch_net, images, self.cfg.patch_size)  # P once over all B x N patches
         u = self.pool(lu.get_at_index(feats, idx_keep))
         queries = u[:, None] + self.pos(idx_mask)
         candidates = lu.get_at_index(feats, idx_mask)
         # fp32: the dot products of 1024-wide vectors lose the differences between candidates in bf16
         with torch.autocast(images.device.type, enabled=False):
-            return torch.einsum("bid,bjd->bij", queries.float(), candidates.float())
+            return u, torch.einsum("bid,bjd->bij", queries.float(), candidates.float())
+
+    def logits(self, images: torch.Tensor, idx_keep: torch.Tensor, idx_mask: torch.Tensor) -> torch.Tensor:
+        """logits[b, i, j] = v_i . h'_j over image b's masked patches: (B, M, M)."""
+        return self.summary_and_logits(images, idx_keep, idx_mask)[1]
 
     @staticmethod
     def loss(logits: torch.Tensor) -> torch.Tensor:
@@ -163,8 +169,9 @@ class Selfie(Method):
         return F.cross_entropy(logits.flatten(0, 1), target)
 
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
-        logits = self.logits(views.crops[0], views.idx_keep, views.idx_mask)
-        return {"loss": self.loss(logits)}
+        u, logits = self.summary_and_logits(views.crops[0], views.idx_keep, views.idx_mask)
+        # collapse diagnostics: u, the summary of the visible patches every query v_i is built from
+        return {"loss": self.loss(logits), "embeddings": u.detach()}
 
     def param_groups(self, optim_cfg: OptimConfig) -> list[dict]:
         """No weight decay on the query u0 and the position embeddings either (like ViT's tokens)."""

@@ -142,11 +142,13 @@ class SimCLRv2(Method):
     def training_step(self, views: Views, progress: Progress) -> dict[str, torch.Tensor]:
         both = torch.cat(views.crops[:2])
         z = self.head(self.encoder(both))
+        # collapse diagnostics: the projection-head output of view 1, what NT-Xent acts on
+        embeddings = z.chunk(2)[0].detach()
         if not self.cfg.memory_size:
-            return {"loss": self.loss(*z.chunk(2))}
+            return {"loss": self.loss(*z.chunk(2)), "embeddings": embeddings}
         with torch.no_grad():
             keys = self.momentum_head(self.momentum_encoder(both))
-        return {"loss": self.memory_loss(z, keys)}
+        return {"loss": self.memory_loss(z, keys), "embeddings": embeddings}
 
     def ema(self) -> list[EMA]:
         """With the memory: encoder and head each followed by their momentum copy."""

@@ -241,7 +241,10 @@ class SiTLatest(SiT):
         contrastive = self.contrastive_loss(student_z, teacher_z)
         reconstruction = masked_l1(recon, clean, torch.cat(views.corruption_masks))
         loss = contrastive + self.cfg.recon_weight * reconstruction
-        return {"loss": loss, "contrastive_loss": contrastive.detach(), "reconstruction_loss": reconstruction.detach()}
+        # collapse diagnostics: the student head's output for view 1 (the query of the contrastive loss); no
+        # teacher distribution: the teacher gives MoCo-v3 keys, the softmax runs over the batch's keys
+        return {"loss": loss, "contrastive_loss": contrastive.detach(), "reconstruction_loss": reconstruction.detach(),
+                "embeddings": student_z.chunk(2)[0].detach()}
 
     def ema(self) -> list[EMA]:
         return [EMA("student", "teacher", self.cfg.momentum)]
@@ -303,8 +306,9 @@ class SiTV1(SiT):
                                   nt_xent_loss(*z.float().chunk(2), self.cfg.temperature),  # per-rank batch, as official
                                   F.l1_loss(recon.float(), clean.float())])  # all pixels, against the rotated clean view
             loss = uncertainty_weighted(losses, self.log_vars, self.uncertainty_adj)
+        # collapse diagnostics: the contrastive head's output for view 1, what NT-Xent acts on
         return {"loss": loss, "rotation_loss": losses[0].detach(), "contrastive_loss": losses[1].detach(),
-                "reconstruction_loss": losses[2].detach()}
+                "reconstruction_loss": losses[2].detach(), "embeddings": z.chunk(2)[0].detach()}
 
     def backbone(self) -> nn.Module:
         return self.net.vit

@@ -1,11 +1,15 @@
 """Collapse diagnostics, computed from what a training step already returned, on log steps only.
 
 A method's training_step may return, besides "loss", detached tensors of the step:
-  "embeddings"        (B, D) the representation the loss acts on (projector / head input, or the
-                      backbone's pooled features for reconstruction methods);
+  "embeddings"        (B, D) the representation the loss acts on (a projector / head output, or the
+                      encoder's pooled patch tokens for reconstruction methods);
   "teacher_probs"     (B, K) a self-distillation teacher's output distribution (after centring and
                       sharpening), and
-  "student_log_probs" (B, K) the student's log-probabilities for the same images.
+  "student_log_probs" (B, K) the student's log-probabilities for the same images (another view of
+                      them: a pair the loss scores).
+Every method builds them from tensors its step computed anyway (no extra forward): joint-embedding
+methods return a projector / head output for one view, reconstruction methods `token_embeddings`,
+self-distillation methods add `distillation_pair`; B is the number of images (one view), on every method.
 From them: the std of the L2-normalised embeddings across the batch (lightly's `std_of_l2_normalized`,
 SimSiam's collapse measure: 0 when every image maps to one point, ~1/sqrt(D) for an isotropic
 Gaussian), their effective rank (Roy & Vetterli 2007: exp of the entropy of the normalised singular
@@ -18,10 +22,27 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from lightly.utils.debug import std_of_l2_normalized
 
 # embedding std below this fraction of an isotropic Gaussian's 1/sqrt(D): the run is warned of collapse
 COLLAPSE_STD_FRACTION = 0.1
+
+
+def token_embeddings(tokens: torch.Tensor, prefix: int = 0) -> torch.Tensor:
+    """A reconstruction method's embeddings: the mean of an encoder's patch tokens (B, prefix + N, D), the
+    `prefix` tokens (CLS, registers) left out, detached -> (B, D). The patch tokens, not the CLS, so that
+    every reconstruction method is measured alike: CroCo's encoder and GMML's token mean have no CLS."""
+    return tokens[:, prefix:].detach().mean(dim=1)
+
+
+def distillation_pair(teacher_probs: torch.Tensor, student_logits: torch.Tensor,
+                      student_temp: float) -> dict[str, torch.Tensor]:
+    """A self-distillation step's "teacher_probs" and "student_log_probs": the teacher's target
+    distribution for global view 1 (B, K) and the student's log-softmax at its temperature for global
+    view 2 of the same images (B, K), one of the cross-view pairs the loss scores, detached."""
+    return {"teacher_probs": teacher_probs.detach(),
+            "student_log_probs": F.log_softmax(student_logits.detach().float() / student_temp, dim=-1)}
 
 
 def effective_rank(z: torch.Tensor) -> torch.Tensor:

@@ -132,10 +132,26 @@ TINY_DATA = {
 }
 
 
-def tiny_config(method: str, tmp_path: Path, data: str = "synthetic", **sections) -> dict:
+# Every algorithm of a name with several (method.variant) at its tiny size: TINY's sections updated with
+# these (the default variant is TINY's own). Tests over every variant fail on one missing here.
+TINY_VARIANTS = {
+    ("sit", "latest"): {},
+    ("sit", "v1"): {"method": {"variant": "v1"}},
+    ("satmae_pp", "group"): {},
+    ("satmae_pp", "rgb"): {"method": {"variant": "rgb", "normalize": "fmow_rgb",  # MAE on RGB: 28 px input, p = 4
+                                      "view": {"size": 56, "jitter_p": 0.0, "gray_p": 0.0}},
+                           "model": {"backbone": "vit_tiny_patch16_224"}},
+}
+
+
+def tiny_config(method: str, tmp_path: Path, data: str = "synthetic", variant: str | None = None,
+                **sections) -> dict:
     """A dict config for `load_config`: tiny model and data (the method's TINY_DATA when synthetic),
-    output under tmp_path."""
+    output under tmp_path; `variant`: one of TINY_VARIANTS (None: the name's default)."""
     cfg = copy.deepcopy(TINY[method])
+    if variant:
+        for section, values in TINY_VARIANTS[method, variant].items():
+            cfg[section].update(copy.deepcopy(values))
     cfg["data"] = ({"synthetic_size": 256, **TINY_DATA.get(method, {"kind": "synthetic", "load_size": 28})}
                    if data == "synthetic" else {"kind": "fashion_mnist", "limit": 2048})
     cfg["train"] = {"output_dir": str(tmp_path / "runs"), "name": f"{method}_test", "batch_size": 32,

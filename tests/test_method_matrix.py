@@ -6,7 +6,9 @@ Parametrised over the registry, so a method registered tomorrow is checked witho
   b. 2 real gloo ranks x 3 steps complete and end with equal parameters and buffers;
   c. a run stopped by SIGTERM mid-way and restarted ends equal to the uninterrupted run;
   d. export -> ssl_zoo.hub.load gives the run's backbone features;
-  e. log_images (rank 0 only, between steps) changes no state and starts no collective.
+  e. log_images (rank 0 only, between steps) changes no state and starts no collective;
+  f. one step (every variant) returns what the collapse diagnostics read: detached, finite embeddings
+     of the batch's images, and for self-distillation methods a teacher/student distribution pair.
 
 b-d share ONE 2-rank job that trains every method in turn (starting ranks costs seconds of imports
 each); this file is its entry point (`python tests/test_method_matrix.py ARGS.json`).
@@ -26,28 +28,31 @@ import torch
 import torch.distributed as dist
 
 from ssl_zoo.launch.local_ranks import failures, free_port, run_ranks
-from ssl_zoo.registry import available_methods
+from ssl_zoo.registry import available_methods, method_variants
 from tests.conftest import ROOT, assert_same_weights, final_weights, stop_and_resume, tiny_config
 
 WORLD, BATCH, STEPS = 2, 8, 3
 STOP_AFTER = 0  # SIGTERM during step 1 of 3, acted on after step 2: the restart resumes mid-epoch (step 2 of 4)
 METHODS = list(available_methods())
+# (name, variant) of every registered algorithm; variant None for a name with one
+VARIANTS = [(name, variant) for name in METHODS for variant in (method_variants(name) or [None])]
 
 
-def matrix_config(method: str, root: Path) -> dict:
+def matrix_config(method: str, root: Path, variant: str | None = None) -> dict:
     """The method's tiny config at batch 8 per rank, 4 steps per epoch (2 ranks)."""
-    raw = tiny_config(method, root / method, train={"batch_size": BATCH, "max_steps": STEPS, "threads": 1})
+    raw = tiny_config(method, root / method, variant=variant,
+                      train={"batch_size": BATCH, "max_steps": STEPS, "threads": 1})
     raw["data"]["synthetic_size"] = WORLD * BATCH * 4
     return raw
 
 
-def tiny_batch(method: str, tmp_path: Path):
+def tiny_batch(method: str, tmp_path: Path, variant: str | None = None):
     """The tiny method (seeded, train mode) and one batch of its own tiny data."""
     from ssl_zoo.experiment import load_config
     from ssl_zoo.data import build_dataset
     from ssl_zoo.methods.base import build_method
 
-    cfg = load_config(matrix_config(method, tmp_path))
+    cfg = load_config(matrix_config(method, tmp_path, variant))
     torch.manual_seed(0)
     return build_method(cfg).train(), build_dataset(cfg.data, "train").__getitems__(list(range(BATCH)))
 
@@ -187,6 +192,37 @@ def test_one_step_gives_every_trainable_parameter_a_gradient(method, tmp_path, o
     assert not missing, f"no gradient (DDP with find_unused_parameters=False stops on these): {missing}"
     zero = [n for n, p in trainable.items() if not p.grad.any()]
     assert not zero, f"zero gradient: {zero}"
+
+
+# methods whose teacher gives a distribution over prototypes. Not SiT latest (its teacher gives MoCo-v3
+# keys; the softmax runs over the batch's keys) nor PixPro (a cosine loss on momentum bins).
+SELF_DISTILLATION = {"dino", "rad_dino"}
+
+
+@pytest.mark.parametrize("method,variant", VARIANTS, ids=[f"{n}-{v}" if v else n for n, v in VARIANTS])
+def test_one_step_returns_what_the_collapse_diagnostics_read(method, variant, tmp_path, one_thread):
+    """The step's embeddings: one row per image of the batch (one view: B = BATCH, not views x images), detached,
+    finite and not one placeholder row; self-distillation methods add the teacher's distribution for
+    global view 1 and the student's log-probabilities for global view 2 (not view 1, whose head output
+    the embeddings are)."""
+    from ssl_zoo.schedules import Progress
+
+    model, batch = tiny_batch(method, tmp_path, variant)
+    assert type(model) is (method_variants(method)[variant] if variant else available_methods()[method])
+    out = model.training_step(model.views(batch), Progress(0, STEPS, 0, 2))
+    z = out["embeddings"]
+    assert z.ndim == 2 and z.shape[0] == BATCH and z.shape[1] > 1, z.shape
+    assert not z.requires_grad and torch.isfinite(z).all()
+    assert (z.std(dim=0) > 0).any(), "every image has the same embedding at init"
+    pair = {"teacher_probs", "student_log_probs"}
+    assert pair <= set(out) if method in SELF_DISTILLATION else not pair & set(out)
+    if method in SELF_DISTILLATION:
+        teacher, student = out["teacher_probs"], out["student_log_probs"]
+        assert teacher.shape == student.shape == (BATCH, model.cfg.out_dim)
+        assert not teacher.requires_grad and not student.requires_grad
+        assert (teacher >= 0).all() and torch.allclose(teacher.sum(-1), torch.ones(BATCH), atol=1e-5)
+        assert torch.allclose(torch.logsumexp(student, dim=-1), torch.zeros(BATCH), atol=1e-5)
+        assert not torch.allclose(student, torch.log_softmax(z / model.cfg.student_temp, dim=-1), atol=1e-3)
 
 
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "broadcast",

@@ -47,6 +47,9 @@ def test_half_the_global_crops_get_block_masks_of_growing_ratio():
 
 
 def test_method_masks_int_2b_half_of_its_global_crops(tmp_path):
+    # seeded: on a 4 x 4 grid a chosen crop aiming at 1 patch can find no place for it and stay unmasked,
+    # as in DINOv2's MaskingGenerator, so the count depends on the draws
+    torch.manual_seed(0)
     method = tiny(tmp_path)
     for batch in (3, 5):
         views = method.views(random_images(batch))

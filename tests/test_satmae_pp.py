@@ -194,7 +194,7 @@ def test_rgb_variant_is_mae_plus_one_upsample_block(tmp_path):
     assert views.idx_keep.shape == (4, 12)  # int(49 * 0.25) of 7 x 7
     assert type(method.backbone()).__name__ == "VisionTransformer" and method.head.names == ["up_block"]
     out = method.training_step(views, Progress(0, 10, 0, 10))
-    assert torch.isfinite(out["loss"]) and set(out) == {"loss", "mse", "l1"}
+    assert torch.isfinite(out["loss"]) and set(out) == {"loss", "mse", "l1", "embeddings"}
     assert set(method.log_images(views)) == {"satmae_pp/input_masked_reconstruction", "satmae_pp/x2_target_prediction"}
 
 
