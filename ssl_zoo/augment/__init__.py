@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_zoo.augment.color import random_color_jitter, random_gaussian_blur, random_grayscale
+from ssl_zoo.augment.color import random_color_jitter, random_gaussian_blur, random_grayscale, separable_gaussian
 from ssl_zoo.config import bounded
 from ssl_zoo.geometry import valid_offset
 
@@ -173,21 +173,11 @@ def gaussian_prefilter(images: torch.Tensor, steps: torch.Tensor, largest_step: 
     radius (3 sigma) comes from `largest_step` (from shapes, not values: no host sync). Borders are
     mirrored, so a pattern runs on across them.
     """
-    bsz, channels, height, width = images.shape
+    _, _, height, width = images.shape
     radius = min(math.ceil(3 * 0.5 * math.sqrt(max(largest_step**2 - 1, 0.0))), height - 1, width - 1)
     if radius <= 0:
         return images
-    sigma = 0.5 * (steps.square() - 1).clamp_min(0).sqrt()
-    taps = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernels = torch.exp(-taps.square() / (2 * sigma.to(images.dtype).clamp_min(1e-3).square()[..., None]))
-    kernels = kernels / kernels.sum(-1, keepdim=True)  # (B, 2, 2 radius + 1)
-    k = 2 * radius + 1
-    x = F.pad(images, (radius, radius, 0, 0), mode="reflect").reshape(1, bsz * channels, height, width + k - 1)
-    x = F.conv2d(x, kernels[:, 0].repeat_interleave(channels, 0).view(-1, 1, 1, k), groups=bsz * channels)
-    x = F.pad(x.view(bsz, channels, height, width), (0, 0, radius, radius), mode="reflect")
-    x = F.conv2d(x.reshape(1, bsz * channels, height + k - 1, width),
-                 kernels[:, 1].repeat_interleave(channels, 0).view(-1, 1, k, 1), groups=bsz * channels)
-    return x.view(bsz, channels, height, width)
+    return separable_gaussian(images, 0.5 * (steps.square() - 1).clamp_min(0).sqrt(), radius)
 
 
 def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, mode: str) -> torch.Tensor:

@@ -90,24 +90,24 @@ def random_grayscale(x: torch.Tensor, p: float) -> torch.Tensor:
     return torch.where(_chosen(x.shape[0], p, x.device), grayscale(x).expand_as(x), x)
 
 
-def gaussian_kernels(kernel: int, sigma: torch.Tensor) -> torch.Tensor:
-    """(B, kernel) normalised 1-D Gaussians, torchvision's `_get_gaussian_kernel1d` per sigma (B,)."""
-    half = (kernel - 1) * 0.5
-    pos = torch.linspace(-half, half, kernel, device=sigma.device, dtype=sigma.dtype)
-    pdf = torch.exp(-0.5 * (pos[None, :] / sigma[:, None]) ** 2)
-    return pdf / pdf.sum(dim=1, keepdim=True)
+def separable_gaussian(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Blur each image of (B, C, H, W) with its own Gaussian, sigma (B, 2) for x and y, taps -radius..radius
+    (torchvision's `_get_gaussian_kernel1d`), normalised, reflect padding; one grouped convolution per axis
+    (used by the random blur here and by crop_resize's antialiasing prefilter)."""
+    batch, channels, height, width = x.shape
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernels = torch.exp(-taps.square() / (2 * sigma.to(x.dtype).clamp_min(1e-3).square()[..., None]))
+    kernels = (kernels / kernels.sum(-1, keepdim=True)).repeat_interleave(channels, 0)  # (B*C, 2, k)
+    k = 2 * radius + 1
+    flat = F.pad(x.reshape(1, batch * channels, height, width), (radius, radius, radius, radius), mode="reflect")
+    flat = F.conv2d(flat, kernels[:, 0].reshape(-1, 1, 1, k), groups=batch * channels)
+    flat = F.conv2d(flat, kernels[:, 1].reshape(-1, 1, k, 1), groups=batch * channels)
+    return flat.view(batch, channels, height, width)
 
 
 def gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Tensor:
-    """Blur each image with its own sigma (B,): separable, reflect padding, as torchvision's gaussian_blur."""
-    batch, channels, height, width = x.shape
-    weights = gaussian_kernels(kernel, sigma.to(x.dtype)).repeat_interleave(channels, dim=0)  # (B*C, k)
-    flat = x.reshape(1, batch * channels, height, width)
-    pad = kernel // 2
-    flat = F.pad(flat, (pad, pad, pad, pad), mode="reflect")
-    flat = F.conv2d(flat, weights.view(-1, 1, 1, kernel), groups=batch * channels)
-    flat = F.conv2d(flat, weights.view(-1, 1, kernel, 1), groups=batch * channels)
-    return flat.view(batch, channels, height, width)
+    """Blur each image with its own sigma (B,) and an odd `kernel`, as torchvision's gaussian_blur."""
+    return separable_gaussian(x, sigma[:, None].expand(-1, 2), kernel // 2)
 
 
 def random_gaussian_blur(x: torch.Tensor, kernel: int, sigma_range: tuple[float, float], p: float) -> torch.Tensor:
