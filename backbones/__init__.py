@@ -90,10 +90,15 @@ def build_backbone(cfg: ModelConfig, in_chans: int = 3, img_size: int = 224, **o
     kwargs: dict = {"num_classes": 0, "in_chans": in_chans}
     if cfg.drop_path_rate:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
+    if cfg.depth and not cfg.backbone.startswith(("vit", "deit")):
+        raise ConfigError(f"model.depth={cfg.depth}: only timm ViT backbones (vit_*, deit_*) take a depth, "
+                          f"not {cfg.backbone!r}; use 0 (the architecture's own)")
     if cfg.backbone.startswith(("vit", "deit", "satmae_group_vit")):
         kwargs["img_size"] = cfg.img_size or img_size
         if cfg.patch_size:
             kwargs["patch_size"] = cfg.patch_size
+        if cfg.depth:
+            kwargs["depth"] = cfg.depth
         if not cfg.backbone.startswith("satmae"):  # SatMAE++'s group ViT is fixed to one size
             kwargs["dynamic_img_size"] = True  # multi-crop: global and local crops of different sizes
     kwargs.update(overrides)

@@ -82,6 +82,7 @@ class ModelConfig:
     stem: Literal["imagenet", "cifar", "no_maxpool"] = "imagenet"  # ResNets: cifar = 3x3/1 conv, no max-pool
     img_size: int = bounded(0, 0)  # ViTs: 0 = data.load_size
     patch_size: int = bounded(0, 0)  # ViTs: 0 = timm default
+    depth: int = bounded(0, 0)  # ViTs: transformer blocks, 0 = timm default (a size for short CPU runs)
     drop_path_rate: float = bounded(0.0, 0.0, 1.0)
     init_from: str = ""  # start from a hub backbone: name (with $SSL_ZOO_HUB), model folder, URL or hf-hub:
 

@@ -30,3 +30,16 @@ def test_stem_on_a_vit_is_a_clear_error():
         build_backbone(ModelConfig(backbone="vit_tiny_patch16_224", stem="no_maxpool"), img_size=28)
     with pytest.raises(ConfigError, match="unknown timm architecture 'resnet181'"):
         build_backbone(ModelConfig(backbone="resnet181"))
+
+
+def test_depth_sets_a_vits_blocks_and_travels_with_its_spec():
+    model = build_backbone(ModelConfig(backbone="vit_tiny_patch16_224", patch_size=7, img_size=28, depth=3), img_size=28)
+    assert len(model.blocks) == 3
+    twin = rebuild_backbone(spec_of(model))  # what the hub rebuilds an exported backbone from
+    twin.load_state_dict(model.state_dict(), strict=True)
+    assert len(twin.blocks) == 3
+
+
+def test_depth_on_a_resnet_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"model.depth=3: only timm ViT backbones .* not 'resnet18'"):
+        build_backbone(ModelConfig(backbone="resnet18", depth=3))
