@@ -146,9 +146,14 @@ class DINO(SelfDistillation):
             teacher_out = self.teacher(views.crops[:2])
         student_out = self.student(views.crops)
         teacher_temp = self.cfg.teacher_temp(progress)
-        # global view 1's targets, taken before the loss moves the centre: the ones this step's loss uses
-        targets = torch.softmax((teacher_out[0] - self.criterion.center[0]) / teacher_temp, dim=-1)
-        loss = self.criterion(teacher_out, student_out, teacher_temp=teacher_temp)
+        # the loss in fp32 outside autocast: CUDA autocast runs log_softmax in fp32 by itself, CPU autocast
+        # keeps it and the cross-entropy sum in bf16, whose 0.4% steps are larger than a near-uniform
+        # teacher's deviations from uniform (the signal DINO starts from)
+        with torch.autocast(student_out[0].device.type, enabled=False):
+            teacher_out, student_out = [t.float() for t in teacher_out], [s.float() for s in student_out]
+            # global view 1's targets, taken before the loss moves the centre: the ones this step's loss uses
+            targets = torch.softmax((teacher_out[0] - self.criterion.center[0]) / teacher_temp, dim=-1)
+            loss = self.criterion(teacher_out, student_out, teacher_temp=teacher_temp)
         # collapse diagnostics: the student head's output for global view 1 (the logits the loss acts on)
         return {"loss": loss, "embeddings": student_out[0].detach(),
                 **distillation_pair(targets, student_out[1], self.cfg.student_temp)}

@@ -89,7 +89,8 @@ def pixpro_loss(y: torch.Tensor, target: torch.Tensor, positives: torch.Tensor) 
     """
     y = F.normalize(y.float().flatten(2), dim=1)
     target = F.normalize(target.float().flatten(2), dim=1)
-    cos = torch.einsum("bci,bcj->bij", y, target)
+    with torch.autocast(y.device.type, enabled=False):  # autocast would run the einsum in bf16 / fp16
+        cos = torch.einsum("bci,bcj->bij", y, target)
     a = positives.to(cos.dtype)
     return -2.0 * ((cos * a).sum((1, 2)) / (a.sum((1, 2)) + 1e-6)).mean()
 

@@ -98,9 +98,10 @@ def cross_view_loss(teacher: list[torch.Tensor], student: list[torch.Tensor], st
     over the terms (18 for 2 + 8 crops), each a batch mean. lightly's DINOLoss computes the same from
     logits but fuses its EMA centre in, so it cannot take Sinkhorn-Knopp targets; DINOv2's own code
     splits targets and cross-entropy the same way."""
-    t = torch.stack(teacher)
-    s = F.log_softmax(torch.stack(student).float() / student_temp, dim=-1)
-    terms = -torch.einsum("tbk,sbk->ts", t, s)
+    t = torch.stack(teacher).float()
+    with torch.autocast(t.device.type, enabled=False):  # autocast would run the einsum's sums in bf16
+        s = F.log_softmax(torch.stack(student).float() / student_temp, dim=-1)
+        terms = -torch.einsum("tbk,sbk->ts", t, s)
     terms.fill_diagonal_(0)
     n_terms = terms.numel() - min(terms.shape)
     return terms.sum() / (n_terms * t.shape[1])

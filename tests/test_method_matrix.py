@@ -225,6 +225,22 @@ def test_one_step_returns_what_the_collapse_diagnostics_read(method, variant, tm
         assert not torch.allclose(student, torch.log_softmax(z / model.cfg.student_temp, dim=-1), atol=1e-3)
 
 
+@pytest.mark.parametrize("method,variant", VARIANTS, ids=[f"{n}-{v}" if v else n for n, v in VARIANTS])
+def test_losses_are_float32_under_cpu_bf16_autocast(method, variant, tmp_path, one_thread):
+    """CUDA autocast runs softmax, log_softmax and norms in fp32 by itself; CPU autocast leaves them, and
+    the matmuls and einsums of a loss, in bf16, whose 0.4% steps lose the small differences the losses
+    learn from (a near-uniform DINO teacher, logits over a temperature of 0.1). So every method computes
+    its losses in fp32 itself, and every loss it reports is float32 under CPU bf16 autocast."""
+    from ssl_zoo.schedules import Progress
+
+    model, batch = tiny_batch(method, tmp_path, variant)
+    views = model.views(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.training_step(views, Progress(0, STEPS, 0, 2))
+    losses = {k: v.dtype for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}
+    assert "loss" in losses and all(d == torch.float32 for d in losses.values()), losses
+
+
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "broadcast",
                "broadcast_object_list", "reduce", "reduce_scatter", "reduce_scatter_tensor", "all_to_all",
                "all_to_all_single", "barrier", "gather", "gather_object", "scatter", "send", "recv", "isend", "irecv")
