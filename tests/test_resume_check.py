@@ -59,6 +59,17 @@ def test_keys_missing_on_one_side_count_as_changes():
     assert [str(c) for c in run] == ["method.norm_pix_loss: '<absent>' -> True"] and harmless == []
 
 
+def test_a_key_added_since_the_checkpoint_is_no_change_at_its_default_only(tmp_path):
+    """A checkpoint written before model.depth existed resumes without a reported change while the key is
+    at its default (0: the architecture's own depth), and is refused when the key changes the model."""
+    old, new = configs(tmp_path)
+    saved = {**old, "model": {k: v for k, v in old["model"].items() if k != "depth"}}
+    assert config_changes(saved, new) == ([], [])
+    _, deeper = configs(tmp_path, "model.depth=3")
+    run, _ = config_changes(saved, deeper)
+    assert [str(c) for c in run] == ["model.depth: '<absent>' -> 3"]
+
+
 def test_a_run_changing_difference_is_refused_in_one_line_with_the_way_out(tmp_path):
     old, new = configs(tmp_path, "train.batch_size=64", "train.log_every=5")
     with pytest.raises(CheckpointError) as e:
