@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides (all methods)")
     parser.add_argument("--output", type=Path, default=RESULTS / "quality.json")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="keep the runs (checkpoint, metrics.jsonl with the collapse diagnostics) here "
+                             "instead of a temporary folder; add --set train.log_every=N to log them")
     args = parser.parse_args(argv)
     if args.steps < 0 or args.minutes <= 0:
         parser.error(f"--steps must be >= 0 (got {args.steps}) and --minutes > 0 (got {args.minutes})")
@@ -153,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = {**provenance(), "minutes": args.minutes, "steps": args.steps, "train_limit": args.train_limit, "test_limit": args.test_limit,
             "k": args.k, "temperature": args.temperature, "linear_epochs": args.linear_epochs}
     with tempfile.TemporaryDirectory(prefix="ssl_zoo_quality_") as tmp:
+        out_dir = str(args.runs_dir or tmp)
         rows = run_each(names, configs, "no configs/<method>/*_fashion_mnist.yaml",
                         f"{args.minutes:g} minutes, then k-NN and linear probe",
-                        lambda name, config: run_method(name, config, args, tmp, device))
+                        lambda name, config: run_method(name, config, args, out_dir, device))
     log("[raw pixels] ...")
     rows.append(raw_pixels(device, args))
     limits = " / ".join(f"first {n}" if n else "all" for n in (args.train_limit, args.test_limit))
