@@ -87,9 +87,12 @@ def test_quality_smoke(tmp_path, capsys, one_thread):
     out = tmp_path / "quality.json"
     quality = script("quality")
     code = quality.main(["--methods", "simclrv2", "--minutes", "0.05", "--steps", "2", "--train-limit", "64", "--test-limit", "40",
-                         "--linear-epochs", "2", "--output", str(out),
-                         "--set", "data.kind=synthetic", "data.synthetic_size=160", "train.batch_size=16"])
+                         "--linear-epochs", "2", "--output", str(out), "--runs-dir", str(tmp_path / "runs"),
+                         "--set", "data.kind=synthetic", "data.synthetic_size=160", "train.batch_size=16",
+                         "train.log_every=1"])
     assert code == 0
+    metrics = [json.loads(line) for line in (tmp_path / "runs/quality_simclrv2/metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "collapse/embedding_std" in m] == [1, 2]  # the run kept, diagnostics in it
     result = json.loads(out.read_text())
     assert result["minutes"] == 0.05 and result["steps"] == 2 and result["train_limit"] == 64 and result["test_limit"] == 40
     rows = result["results"]
