@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ssl_zoo.checkpoint import CheckpointError
-from ssl_zoo.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
+from ssl_zoo.config import ExperimentConfig, to_dict
 from ssl_zoo.registry import resolve_method
 
 # How the run is executed or watched, not what it computes. Everything else (method, model, data,
@@ -32,12 +32,6 @@ HARMLESS_DATA = frozenset({"num_workers"})
 HARMLESS_SECTIONS = frozenset({"eval"})
 
 ABSENT = "<absent>"
-
-
-def _flatten_defaults() -> dict[str, Any]:
-    sections = {"data": DataConfig(), "model": ModelConfig(), "optim": OptimConfig(), "train": TrainConfig(),
-                "eval": EvalConfig()}
-    return _flatten({name: to_dict(section) for name, section in sections.items()})
 SHOWN = 8  # differences named in one line before "... and N more"
 
 
@@ -60,6 +54,11 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _section_defaults() -> dict[str, Any]:
+    """Dotted key -> default of every data/model/optim/train/eval key (method defaults differ per method)."""
+    return _flatten({k: v for k, v in to_dict(ExperimentConfig()).items() if k != "method"})
+
+
 def is_harmless(key: str) -> bool:
     """Whether changing the dotted config `key` leaves the run's computation as it was."""
     section, _, rest = key.partition(".")
@@ -76,7 +75,7 @@ def config_changes(old: dict, new: dict) -> tuple[list[Change], list[Change]]:
     flat_old, flat_new = _flatten(old), _flatten(new)
     # a data/model/optim/train/eval key added since the checkpoint was written, at its default now: new keys
     # default to what the code computed before they existed (e.g. model.depth 0 = the architecture's own)
-    added_at_default = {key for key, value in _flatten_defaults().items()
+    added_at_default = {key for key, value in _section_defaults().items()
                         if key not in flat_old and flat_new.get(key, ABSENT) == value}
     changes = [Change(key, flat_old.get(key, ABSENT), flat_new.get(key, ABSENT))
                for key in sorted(flat_old.keys() | flat_new.keys())
