@@ -20,7 +20,7 @@ import torchvision.utils
 from lightly.models.utils import update_momentum
 from torch import nn
 
-from ssl_zoo.augment import MultiViewAugment, Normalize, Views, center_crop_or_resize, to_unit
+from ssl_zoo.augment import EvalView, MultiViewAugment, Normalize, Views
 from ssl_zoo.backbones import build_backbone, is_vit
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig
 from ssl_zoo.data import Batch
@@ -99,6 +99,7 @@ class Method(nn.Module):
     normalize: Normalize
     augment: MultiViewAugment
     eval_size: int = 0  # > 0: evaluation images are centre-cropped (or resized) to this side
+    eval_resize: ClassVar[bool] = False  # True: the whole image is resized to eval_size instead
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
@@ -204,13 +205,15 @@ class Method(nn.Module):
         projection-head layer); None: fine-tune from the backbone's features."""
         return None
 
+    def eval_view(self, side: int = 0) -> EvalView:
+        """The evaluation input from uint8 images: eval_size when the method has one, else `side` (the
+        load size; 0 keeps the images' size). Evaluation commands and the hub use it, as does `embed`."""
+        return EvalView(self.eval_size or side, self.normalize, resize=self.eval_resize)
+
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Features for evaluation from uint8 images at the load size."""
-        x = to_unit(images)
-        if self.eval_size:
-            x = center_crop_or_resize(x, self.eval_size)
-        return self.backbone()(self.normalize(x))
+        return self.backbone()(self.eval_view()(images))
 
     @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from lightly.models import utils as lu
 from torch import nn
 
-from ssl_zoo.augment import Normalize, ViewAugment, Views, ViewSpec, to_unit
+from ssl_zoo.augment import Normalize, ViewAugment, Views, ViewSpec
 from ssl_zoo.backbones.satmae import SENTINEL_GROUPS, GroupChannelDecoder, GroupChannelViT, MultiScaleHead
 from ssl_zoo.config import ConfigError, ExperimentConfig, OptimConfig, bounded
 from ssl_zoo.data import Batch
@@ -164,6 +164,10 @@ class MultiScaleMAE(Method):
         self.normalize = Normalize(cfg.normalize)
         self.eval_size = cfg.view.size // 2**self.upsample_blocks  # the model input
 
+    # training inputs are downsampled 60-100% crops: evaluation shows the whole image at the model input (a
+    # centre crop of the load size would show a quarter of it at a 4x finer scale)
+    eval_resize = True
+
     # ---- what subclasses say ----------------------------------------------------------------
     preview_bands: list[int]  # the bands shown as RGB
     num_prefix_tokens: int  # the encoder's tokens before the patches (CLS)
@@ -223,16 +227,6 @@ class MultiScaleMAE(Method):
                 "embeddings": token_embeddings(encoded, self.num_prefix_tokens)}
 
     # ---- evaluation and images ------------------------------------------------------------
-    @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """The whole image resized to the model input (training inputs are downsampled 60-100% crops, so a
-        centre crop of the load size would show the encoder a much finer scale)."""
-        x = to_unit(images)
-        if x.shape[-1] != self.eval_size or x.shape[-2] != self.eval_size:
-            x = F.interpolate(x, size=(self.eval_size, self.eval_size), mode="bilinear", antialias=True,
-                              align_corners=False)
-        return self.backbone()(self.normalize(x))
-
     def rgb(self, images: torch.Tensor) -> torch.Tensor:
         return self.normalize.inverse(images)[:, self.preview_bands]
 

@@ -173,6 +173,31 @@ def test_hub_export_loads_back_with_the_runs_backbone_features(job, method, tmp_
     assert torch.allclose(got, expected["features"], atol=1e-5), (got - expected["features"]).abs().max()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_evaluation_commands_and_the_hub_see_the_input_the_in_training_knn_sees(job, method, tmp_path):
+    """`ssl-zoo eval` / `finetune` (load_source on the run, and on its hub export) build each method's input as
+    Method.embed does: SatMAE++ resizes the whole image to its model input, RAD-DINO min-maxes each image
+    first. Narrow-range images, so a skipped min-max shows."""
+    from ssl_zoo.eval.source import load_source
+    from ssl_zoo.hub.export import export
+    from ssl_zoo.run_dir import load_method
+
+    method_output(job, method, "features.pt")
+    straight = run_dir(job, method, "straight")
+    run = load_method(straight)
+    data = run.cfg.data
+    images = torch.randint(60, 120, (2, data.channels, data.load_size, data.load_size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    expected = run.method.embed(images)
+    for source in (straight, export(straight, method, tmp_path / "hub")):
+        evaluated = load_source(str(source))
+        evaluated.backbone.eval()
+        with torch.no_grad():
+            got = evaluated.embed(images)
+        assert torch.allclose(got, expected, atol=1e-5), (source, (got - expected).abs().max())
+
+
 # --------------------------------------------------------------------------- in this process
 
 

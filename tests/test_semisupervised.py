@@ -96,6 +96,23 @@ def tiny_recipe(recipe, epochs: float = 1):
     return recipe
 
 
+def test_a_saved_classifier_keeps_its_input_view(tmp_path):
+    """Resize-whole (SatMAE++) and per-image min-max (RAD-DINO) views come back as saved: the reloaded
+    classifier gives the same logits on narrow-range images larger than its input."""
+    from ssl_zoo.augment import EvalView, Normalize
+    from ssl_zoo.backbones import BackboneSpec, rebuild_backbone
+    from ssl_zoo.eval.classifier import Classifier, save_classifier
+
+    backbone = rebuild_backbone(BackboneSpec("resnet10t"))
+    model = Classifier(backbone, None, 4, EvalView(16, Normalize("imagenet"), resize=True, minmax=True)).eval()
+    torch.nn.init.normal_(model.fc.weight)
+    loaded, meta = load_classifier(save_classifier(model, tmp_path / "clf", {}))
+    assert (meta["view"]["resize"], meta["view"]["minmax"]) == (True, True)
+    images = torch.randint(60, 120, (2, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(images), model(images), atol=1e-5)
+
+
 def test_finetune_keeps_simclrv2_first_head_layer_and_saves_a_safe_classifier(tiny_run):
     from ssl_zoo.run_dir import load_method
 

@@ -110,27 +110,43 @@ def minmax_scale(images: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-6)
 
 
-def center_crop_or_resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Evaluation view: the central size x size square (resize-256 / crop-224 style), or a resize if smaller."""
+def center_crop_or_resize(x: torch.Tensor, size: int, whole: bool = False) -> torch.Tensor:
+    """Evaluation view: the central size x size square (resize-256 / crop-224 style), or with `whole` the whole
+    image downsampled (antialiased) to it -- for models trained on downsampled crops of most of the image
+    (SatMAE++), where a centre crop would show part of it at a finer scale. Smaller images are upsampled."""
     h, w = x.shape[-2:]
     if (h, w) == (size, size):
         return x
     if h >= size and w >= size:
+        if whole:
+            return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         top, left = (h - size) // 2, (w - size) // 2
         return x[..., top:top + size, left:left + size]
     return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
 class EvalView(nn.Module):
-    """The evaluation input of a backbone: [0, 1] pixels, centre crop (or resize) to `side`, normalised."""
+    """The evaluation input of a backbone: [0, 1] pixels, optionally each image's own min-max, then a centre
+    crop (or, with `resize`, the whole image resized) to `side` (0: kept), normalised. Every evaluation, the
+    in-training k-NN included (Method.embed), builds its input here, so they all see the same pixels."""
 
-    def __init__(self, side: int, normalize: Normalize) -> None:
+    def __init__(self, side: int, normalize: Normalize, resize: bool = False, minmax: bool = False) -> None:
         super().__init__()
         self.side = side
         self.normalize = normalize
+        self.resize = resize
+        self.minmax = minmax
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.normalize(center_crop_or_resize(to_unit(images), self.side))
+        x = minmax_scale(images) if self.minmax else to_unit(images)
+        if self.side:
+            x = center_crop_or_resize(x, self.side, whole=self.resize)
+        return self.normalize(x)
+
+    def describe(self) -> dict:
+        """What rebuilds this view (classifier folders store it)."""
+        return {"side": self.side, "mean": self.normalize.mean.flatten().tolist(),
+                "std": self.normalize.std.flatten().tolist(), "resize": self.resize, "minmax": self.minmax}
 
 
 def sample_boxes(sizes: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float],

@@ -46,8 +46,7 @@ class Classifier(nn.Module):
         """What `load_classifier` needs to rebuild this network without its weights."""
         head = None if isinstance(self.head, nn.Identity) else [self.head[0].in_features, self.head[0].out_features]
         return {"backbone": asdict(spec_of(self.backbone)), "head": head, "num_classes": self.fc.out_features,
-                "view": {"side": self.view.side, "mean": self.view.normalize.mean.flatten().tolist(),
-                         "std": self.view.normalize.std.flatten().tolist()}}
+                "view": self.view.describe()}
 
 
 @torch.no_grad()
@@ -93,7 +92,8 @@ def load_classifier(folder: Path) -> tuple[Classifier, dict]:
     head = linear_bn_relu(*meta["head"]) if meta["head"] else None
     view = meta["view"]
     model = Classifier(backbone, head, int(meta["num_classes"]),
-                       EvalView(int(view["side"]), Normalize(stats=(view["mean"], view["std"]))))
+                       EvalView(int(view["side"]), Normalize(stats=(view["mean"], view["std"])),
+                                resize=bool(view.get("resize", False)), minmax=bool(view.get("minmax", False))))
     try:
         model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
     except (SafetensorError, OSError, RuntimeError) as e:

@@ -73,7 +73,7 @@ def load_source(source: str, overrides: list[str] | None = None, hub: str | None
             with seeded(cfg.train.seed):
                 run = TrainedRun(build_method(cfg).eval(), cfg, 0, path)
         method = run.method
-        view = EvalView(method.eval_size or run.cfg.data.load_size, method.normalize)
+        view = method.eval_view(run.cfg.data.load_size)
         return EvalSource(method.backbone(), method.finetune_head(), view, run.cfg, run.step,
                           f"{run.checkpoint}@{run.step}{suffix}", run_dir_of(run.checkpoint) / EVAL_DIR)
     from ssl_zoo.hub import build_from_folder, cache_root, read_model_config, resolve
@@ -90,10 +90,18 @@ def load_source(source: str, overrides: list[str] | None = None, hub: str | None
     else:
         with seeded(cfg.train.seed):
             backbone = rebuild_backbone(spec_from_config(config)).eval()
-    pcfg = config["pretrained_cfg"]
-    view = EvalView(int(pcfg["input_size"][-1]), Normalize(stats=(pcfg["mean"], pcfg["std"])))
-    return EvalSource(backbone, None, view, cfg, int(meta.get("steps", 0)) if pretrained else 0,
+    return EvalSource(backbone, None, hub_view(config), cfg, int(meta.get("steps", 0)) if pretrained else 0,
                       meta["sha256"] + suffix, cache_root() / "eval" / meta["sha256"][:16])
+
+
+def hub_view(config: dict) -> EvalView:
+    """A hub model's evaluation input from its config.json: timm's pretrained_cfg on images at the stored
+    config's load size (crop_pct 1 resizes the whole image to the input size, below 1 centre-crops it), and
+    the zoo's per-image min-max where the export says so."""
+    pcfg = config["pretrained_cfg"]
+    return EvalView(int(pcfg["input_size"][-1]), Normalize(stats=(pcfg["mean"], pcfg["std"])),
+                    resize=float(pcfg.get("crop_pct", 1.0)) >= 1.0,
+                    minmax=bool(config["ssl_zoo"].get("intensity_minmax", False)))
 
 
 def labelled_splits(data: DataConfig, what: str) -> tuple:

@@ -52,7 +52,10 @@ def timm_config(run: TrainedRun, backbone: torch.nn.Module) -> dict:
     """config.json in timm's hub layout (architecture, model_args, pretrained_cfg); provenance under 'ssl_zoo'."""
     spec = spec_of(backbone)
     channels = run.cfg.data.channels
-    side = run.method.eval_size or run.cfg.data.load_size
+    view = run.method.eval_view(run.cfg.data.load_size)
+    side, load = view.side, run.cfg.data.load_size
+    # timm's rule: resize to side / crop_pct, then centre-crop side; 1.0 resizes the whole image
+    crop_pct = 1.0 if view.resize or side >= load else side / load
     stats = NORMALIZATIONS[run.method.cfg.normalize]
     mean, std = stats if stats else ((0.0,) * 3, (1.0,) * 3)
     if channels != len(mean):  # Normalize's rule: the channel average when the counts differ
@@ -64,7 +67,7 @@ def timm_config(run: TrainedRun, backbone: torch.nn.Module) -> dict:
         "num_features": int(backbone.num_features),
         "model_args": spec.model_args,
         "pretrained_cfg": {
-            "input_size": [channels, side, side], "interpolation": "bilinear", "crop_pct": 1.0,
+            "input_size": [channels, side, side], "interpolation": "bilinear", "crop_pct": crop_pct,
             "crop_mode": "center", "mean": list(mean), "std": list(std), "num_classes": 0,
             "first_conv": timm_cfg.get("first_conv"), "classifier": timm_cfg.get("classifier"),
             "fixed_input_size": bool(timm_cfg.get("fixed_input_size")) and not spec.model_args.get("dynamic_img_size"),
@@ -72,6 +75,7 @@ def timm_config(run: TrainedRun, backbone: torch.nn.Module) -> dict:
         "ssl_zoo": {
             "format": 1, "method": run.cfg.method.name, "dataset": dataset_name(run), "steps": run.step,
             "stem": spec.stem, "timm_compatible": spec.timm_compatible,
+            "intensity_minmax": view.minmax,  # each image's own min-max before the normalisation (no timm key)
             "metrics": {**run_metrics(run.checkpoint, run.step), "knn_k": run.cfg.eval.knn_k,
                         "knn_temperature": run.cfg.eval.knn_temperature},
             "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
