@@ -14,6 +14,11 @@ images. Baselines measured in the same run: the randomly initialised backbone of
 exact starting point of its pretraining, `pretrained=False`), and raw pixels (the 28x28 images
 flattened, as features).
 
+Methods whose paper evaluates by fine-tuning (FINETUNED; `--finetune` changes the list) are also
+fine-tuned end to end, as `ssl-zoo finetune --labels 10%` does, next to the same network and recipe from
+random weights (`--from-scratch`): what their papers report, since a reconstruction objective need not
+make the frozen features linearly separable.
+
     .venv/bin/python benchmarks/quality.py [--minutes 15] [--methods simclrv2 mae] [--train-limit 10000]
 
 Prints the date, machine, commit and budget, then the markdown table (last); writes
@@ -39,6 +44,7 @@ from ssl_zoo.config import DataConfig  # noqa: E402
 from ssl_zoo.experiment import load_config  # noqa: E402
 from ssl_zoo.data import build_dataset  # noqa: E402
 from ssl_zoo.eval.features import extract_features  # noqa: E402
+from ssl_zoo.eval.finetune import finetune, finetune_recipe, parse_label_fraction  # noqa: E402
 from ssl_zoo.eval.knn import knn_accuracy  # noqa: E402
 from ssl_zoo.eval.linear import linear_probe  # noqa: E402
 from ssl_zoo.eval.source import labelled_splits, load_source  # noqa: E402
@@ -48,6 +54,10 @@ from ssl_zoo.trainer import Trainer  # noqa: E402
 
 
 STEP_CAP = 10**7  # --steps 0: the time budget alone decides
+# the methods whose papers report fine-tuning, not frozen features: GMML (fine-tuning on ImageNet and small
+# sets; its loss reconstructs pixels, nothing trains the class token) and SatMAE++ (fine-tuning on fMoW and
+# the land-cover sets)
+FINETUNED = ("gmml", "satmae_pp")
 
 
 def probe(embed, train_set, test_set, device: torch.device, args: argparse.Namespace) -> dict:
@@ -90,7 +100,22 @@ def run_method(name: str, config: Path, args: argparse.Namespace, out_dir: str, 
            "pretrain_s": seconds}
     row["pretrained"] = evaluate_run(result.run_dir, True, device, args)
     row["random_init"] = evaluate_run(result.run_dir, False, device, args)
+    if name in args.finetune:
+        row["finetune"] = {which: finetune_run(result.run_dir, which == "scratch", args)
+                           for which in ("pretrained", "scratch")}
     return row
+
+
+def finetune_run(run_dir: Path, from_scratch: bool, args: argparse.Namespace) -> dict:
+    """`ssl-zoo finetune RUN --labels <args.labels> [--from-scratch]`: test top-1 and what it trained on."""
+    fraction = parse_label_fraction(args.labels)
+    recipe = finetune_recipe(fraction)
+    recipe.epochs = args.finetune_epochs or recipe.epochs
+    recipe.test_limit = args.test_limit
+    result, _ = finetune(str(run_dir), fraction, recipe, device=args.device, from_scratch=from_scratch,
+                         progress=False)
+    return {"test_top1": result.test_top1, "labels": result.labels, "labelled_images": result.labelled_images,
+            "epochs": result.epochs, "test_images": result.test_images}
 
 
 def raw_pixels(device: torch.device, args: argparse.Namespace) -> dict:
@@ -121,6 +146,18 @@ def table(rows: list[dict]) -> str:
     return markdown_table(header, cells, right=tuple(range(3, len(header))))
 
 
+def finetune_table(rows: list[dict]) -> str:
+    """Fine-tuned from the pretrained weights vs from random weights, same network and recipe."""
+    header = ["method", "labels", "epochs", "fine-tuned top-1", "from scratch top-1", "Δ"]
+    cells = []
+    for r in rows:
+        if "finetune" in r:
+            p, s = r["finetune"]["pretrained"], r["finetune"]["scratch"]
+            cells.append([r["method"], f"{p['labels']} ({p['labelled_images']} images)", f"{p['epochs']:g}",
+                          f"{p['test_top1']:.2f}", f"{s['test_top1']:.2f}", f"{p['test_top1'] - s['test_top1']:+.2f}"])
+    return markdown_table(header, cells, right=(2, 3, 4, 5)) if cells else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=15.0,
@@ -136,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--data-path", default="", help="Fashion-MNIST folder for the raw-pixel baseline")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--finetune", nargs="*", default=list(FINETUNED), metavar="METHOD",
+                        help=f"also fine-tune these methods' runs and the same network from scratch "
+                             f"(default: {' '.join(FINETUNED)}, whose papers evaluate so; no names: none)")
+    parser.add_argument("--labels", default="10%", help="fine-tuning's share of the labelled train split")
+    parser.add_argument("--finetune-epochs", type=float, default=0,
+                        help="fine-tuning epochs (0: the recipe's, 30 for 10%% of the labels)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides (all methods)")
     parser.add_argument("--output", type=Path, default=RESULTS / "quality.json")
     parser.add_argument("--runs-dir", type=Path, default=None,
@@ -149,12 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     configs = discover()
     registered = list(available_methods())
     names = args.methods or registered
-    unknown = [n for n in names if n not in registered]
+    unknown = [n for n in [*names, *args.finetune] if n not in registered]
     if unknown:
         parser.error(f"unknown methods {unknown}; registered: {registered}")
     device = pick_device(args.device)
     meta = {**provenance(), "minutes": args.minutes, "steps": args.steps, "train_limit": args.train_limit, "test_limit": args.test_limit,
-            "k": args.k, "temperature": args.temperature, "linear_epochs": args.linear_epochs}
+            "k": args.k, "temperature": args.temperature, "linear_epochs": args.linear_epochs,
+            "finetune": [n for n in args.finetune if n in names], "labels": args.labels,
+            "finetune_epochs": args.finetune_epochs}
     with tempfile.TemporaryDirectory(prefix="ssl_zoo_quality_") as tmp:
         out_dir = str(args.runs_dir or tmp)
         rows = run_each(names, configs, "no configs/<method>/*_fashion_mnist.yaml",
@@ -168,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
                f"steps reached and wall time in the table); evaluation on Fashion-MNIST train / test images: "
                f"{limits}; k-NN k={args.k}, T={args.temperature}; linear probe {args.linear_epochs} epochs, "
                f"lr x wd picked on a 10% validation split of train")
+    tuned = finetune_table(rows)
+    if tuned:
+        setting += (f"\nfine-tuning (ssl-zoo finetune --labels {args.labels}, and --from-scratch): SimCLR's recipe, "
+                    f"test top-1 on the same test images:\n\n{tuned}")
     return report(args.output, meta, rows, setting, table(rows))
 
 if __name__ == "__main__":

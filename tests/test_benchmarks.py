@@ -89,7 +89,7 @@ def test_quality_smoke(tmp_path, capsys, one_thread):
     code = quality.main(["--methods", "simclrv2", "--minutes", "0.05", "--steps", "2", "--train-limit", "64", "--test-limit", "40",
                          "--linear-epochs", "2", "--output", str(out), "--runs-dir", str(tmp_path / "runs"),
                          "--set", "data.kind=synthetic", "data.synthetic_size=160", "train.batch_size=16",
-                         "train.log_every=1"])
+                         "train.log_every=1", "--finetune", "simclrv2", "--labels", "50%", "--finetune-epochs", "1"])
     assert code == 0
     metrics = [json.loads(line) for line in (tmp_path / "runs/quality_simclrv2/metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "collapse/embedding_std" in m] == [1, 2]  # the run kept, diagnostics in it
@@ -104,13 +104,22 @@ def test_quality_smoke(tmp_path, capsys, one_thread):
         assert scores["test_images"] == 40
     assert sim["pretrained"]["feature_dim"] == 512 and raw["pretrained"]["feature_dim"] == 784
     assert sim["pretrained"]["train_images"] == 64  # the synthetic train split, limited
-    table = table_of(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    table = table_of(printed)
     assert table[0] == ["method", "backbone", "eval data", "steps", "pretrain s", "k-NN top-1", "linear top-1",
                         "random-init k-NN", "random-init linear", "Δ k-NN", "Δ linear"]
     assert [row[0] for row in table[1:]] == ["simclrv2", "raw pixels"]
     assert float(table[1][9]) == pytest.approx(sim["pretrained"]["knn_top1"] - sim["random_init"]["knn_top1"], abs=0.01)
     assert table[1][2] == "synthetic" and table[2][2] == "fashion_mnist"
     assert float(table[1][5]) == pytest.approx(sim["pretrained"]["knn_top1"], abs=0.01)
+    # fine-tuned from the run and from scratch, as `ssl-zoo finetune --labels 50% [--from-scratch]` writes them
+    tuned = sim["finetune"]
+    assert tuned["pretrained"]["labelled_images"] == tuned["scratch"]["labelled_images"] == 80
+    assert tuned["pretrained"]["test_images"] == 40 and tuned["pretrained"]["epochs"] == 1
+    evaluated = tmp_path / "runs/quality_simclrv2/eval"
+    assert json.loads((evaluated / "finetune_50pct_scratch.json").read_text())["test_top1"] == tuned["scratch"]["test_top1"]
+    assert json.loads((evaluated / "finetune_50pct.json").read_text())["test_top1"] == tuned["pretrained"]["test_top1"]
+    assert result["finetune"] == ["simclrv2"] and "| simclrv2 | 50% (80 images) | 1 |" in printed
 
 
 def test_quality_rejects_unknown_method(capsys):
