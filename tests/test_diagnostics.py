@@ -55,6 +55,15 @@ def test_the_collapse_warning_names_the_step_only_when_collapsed():
     assert collapse_warning({}, {}, step=1) is None
 
 
+def test_an_early_narrow_spread_is_not_warned_about():
+    """Embeddings sharing a large common direction, spread ~0.04 x 1/sqrt(D): where MAE, PixPro and SatMAE++
+    pass early in runs that then learn (diagnostics.COLLAPSE_STD_FRACTION), not a collapse."""
+    narrow = {"embeddings": torch.ones(64, 64) + 0.04 * torch.randn(64, 64, generator=torch.Generator().manual_seed(0))}
+    diagnostics = collapse_diagnostics(narrow)
+    assert 0.03 < diagnostics["collapse/embedding_std"] * math.sqrt(64) < 0.06
+    assert collapse_warning(narrow, diagnostics, step=50) is None
+
+
 def test_the_helpers_that_build_the_outputs_wait_for_nothing():
     from tests.host_syncs import HostSyncCounter
 
