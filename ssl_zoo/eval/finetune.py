@@ -100,7 +100,8 @@ def finetune(source: str, fraction: float, recipe: Recipe, overrides: list[str] 
     num_classes = int(getattr(train_set, "num_classes", 0) or train_set.labels.max() + 1)
     model = Classifier(src.backbone, src.head, num_classes, src.view).to(dev)
     tag = f"finetune_{label_tag(fraction)}" + ("_scratch" if from_scratch else "")
-    train_loss = train_on(model, train_set, subset, lambda views, batch: F.cross_entropy(model(views), batch.labels),
+    train_loss = train_on(model, train_set, subset,
+                          lambda views, batch: F.cross_entropy(model(views).float(), batch.labels),  # fp32 loss
                           recipe, src.view.side, dev, tag, progress)
     top1 = top1_accuracy(model, test_set, dev, src.cfg.eval.batch_size, recipe.test_limit, progress=progress)
     folder = src.out_dir / tag

@@ -21,6 +21,7 @@ from ssl_zoo.data import Batch, build_loader
 from ssl_zoo.eval.features import Selection
 from ssl_zoo.optim import Schedule, build_optimizer, scaled_lr
 from ssl_zoo.errors import NonFiniteLossError
+from ssl_zoo.runtime import cpu_has_native_bf16
 
 
 @dataclass
@@ -64,13 +65,15 @@ def train_on(model: nn.Module, dataset, indices: torch.Tensor, loss_of: LossFn, 
     sampler = torch.utils.data.RandomSampler(indices.tolist(), replacement=False, num_samples=total * batch_size,
                                              generator=torch.Generator().manual_seed(recipe.seed))
     loader = build_loader(Selection(dataset, indices), batch_size, num_workers=0, sampler=sampler)
+    # bf16 where the hardware does it natively (the trainer's precision=auto; fp16 would need a grad scaler)
+    bf16 = device.type == "cuda" or cpu_has_native_bf16()
     model.train()
     recent: list[float] = []
     bar = tqdm(loader, total=total, desc=desc, disable=not progress, leave=False)
     for step, batch in enumerate(bar):
         schedule.apply(optimizer, step)
         batch = batch.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = loss_of(augment(batch.images)[0], batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"{desc}: the loss became {loss.item()} at step {step}; lower the learning rate")
