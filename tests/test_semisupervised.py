@@ -48,6 +48,11 @@ def test_finetune_recipe_follows_the_paper():
 
     assert scaled_lr(one.optim, 1024) == pytest.approx(0.16)  # 0.005 x sqrt(1024)
     assert one.optim.weight_decay == 0.0 and one.optim.warmup_epochs == 0.0 and one.optim.name == "sgd"
+    mae = finetune_recipe(0.1, 64, "mae")
+    assert mae.epochs == 30 and mae.optim.name == "adamw" and scaled_lr(mae.optim, 64) == pytest.approx(1.25e-4)
+    assert (mae.optim.weight_decay, mae.optim.warmup_epochs, mae.optim.min_lr) == (0.05, 5.0, 1e-6)
+    with pytest.raises(ConfigError, match="'byol'.*simclr, mae"):
+        finetune_recipe(0.1, 64, "byol")
 
 
 # ----------------------------------------------------------------------------- distillation loss
