@@ -9,8 +9,8 @@ step count that fits; `--steps` caps it; steps reached are reported), then measu
                  split of the train features (ssl_zoo.eval.linear.linear_probe)
 
 with the zoo's evaluation code (`ssl_zoo.eval.source.load_source`: the backbone and evaluation view a
-run is evaluated with by `ssl-zoo eval`), on the first `--train-limit` train and `--test-limit` test
-images. Baselines measured in the same run: the randomly initialised backbone of each method (the
+run is evaluated with by `ssl-zoo eval`), on `--train-limit` train and `--test-limit` test images spread
+evenly over each split. Baselines measured in the same run: the randomly initialised backbone of each method (the
 exact starting point of its pretraining, `pretrained=False`), and raw pixels (the 28x28 images
 flattened, as features).
 
@@ -61,7 +61,7 @@ FINETUNED = ("gmml", "satmae_pp")
 
 
 def probe(embed, train_set, test_set, device: torch.device, args: argparse.Namespace) -> dict:
-    """k-NN and linear-probe top-1 (%) of `embed` features on the first train/test images."""
+    """k-NN and linear-probe top-1 (%) of `embed` features on the limited train/test images."""
     tr = extract_features(embed, train_set, device, args.eval_batch, args.train_limit, progress=False)
     te = extract_features(embed, test_set, device, args.eval_batch, args.test_limit, progress=False)
     knn = knn_accuracy(*tr, *te, k=args.k, temperature=args.temperature)
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="wall-clock pretraining budget per method (train.time_budget_min), set-up excluded")
     parser.add_argument("--steps", type=int, default=0, help="at most this many steps per method (0: no cap)")
     parser.add_argument("--methods", nargs="*", default=None, help="subset of registered methods (default: all)")
-    parser.add_argument("--train-limit", type=int, default=10000, help="first N train images for k-NN/probe (0: all)")
-    parser.add_argument("--test-limit", type=int, default=10000, help="first N test images (0: all 10000)")
+    parser.add_argument("--train-limit", type=int, default=10000, help="N train images (spread over the split) for k-NN/probe (0: all)")
+    parser.add_argument("--test-limit", type=int, default=10000, help="N test images, spread over the split (0: all 10000)")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--linear-epochs", type=int, default=30)

@@ -154,3 +154,26 @@ if __name__ == "__main__":
     out = {"knn": _worker_knn, "train": _worker_train}[mode](raw_args)
     (Path(raw_args["out"]) / f"rank{dist_utils.rank()}.json").write_text(json.dumps(out))
     dist_utils.cleanup()
+
+
+def class_sorted(dataset: SyntheticImages) -> SyntheticImages:
+    """The set listed class by class, as image folders list their files."""
+    order = dataset.labels.argsort(stable=True)
+    dataset.images, dataset.labels = dataset.images[order], dataset.labels[order]
+    return dataset
+
+
+def test_limits_take_images_spread_over_a_class_sorted_split():
+    """A limited k-NN bank or probe set holds every class, not the first classes of a folder."""
+    from ssl_zoo.eval.features import spread_subset
+
+    assert spread_subset(10, 0).tolist() == spread_subset(10, 25).tolist() == list(range(10))
+    assert spread_subset(60000, 10000)[:3].tolist() == [0, 6, 12] and len(spread_subset(60000, 10000).unique()) == 10000
+    train, test = class_sorted(SyntheticImages(80, 4, 28, 1, seed=0)), class_sorted(SyntheticImages(40, 4, 28, 1, seed=1))
+    embed = lambda images: images.float().flatten(1)  # noqa: E731
+    feats, labels = extract_features(embed, train, torch.device("cpu"), batch_size=16, limit=8, progress=False)
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # the first 8 would all be class 0
+    test_feats, test_labels = extract_features(embed, test, torch.device("cpu"), batch_size=16, limit=8, progress=False)
+    expected = knn_accuracy(feats, labels, test_feats, test_labels, k=3, temperature=0.07)
+    assert knn_eval(embed, train, test, torch.device("cpu"), k=3, batch_size=16, train_limit=8, test_limit=8,
+                    progress=False) == pytest.approx(expected)

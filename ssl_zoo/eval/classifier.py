@@ -52,7 +52,7 @@ class Classifier(nn.Module):
 @torch.no_grad()
 def top1_accuracy(model: Classifier, dataset, device: torch.device, batch_size: int = 512, limit: int = 0,
                   desc: str = "test top-1", progress: bool = True) -> float:
-    """Top-1 (%) of the classifier on the first `limit` images of `dataset` (0: all)."""
+    """Top-1 (%) of the classifier on `limit` images spread over `dataset` (0: all)."""
     was_training = model.training
     logits, labels = extract_features(model.eval(), dataset, device, batch_size, limit, desc, progress,
                                       l2_normalize=False)

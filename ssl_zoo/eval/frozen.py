@@ -34,9 +34,10 @@ def evaluate_knn(source: str, overrides: list[str] | None = None, k: int = 20, t
 
 def cached_features(src: EvalSource, dataset, split: str, device: torch.device,
                     limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen features of one split (its first `limit` images if > 0), extracted once per weights and
+    """Frozen features of one split (`limit` images spread over it if > 0), extracted once per weights and
     data setting (OUT_DIR/features_*.pt)."""
-    key = json.dumps({"weights": src.identity, "data": to_dict(src.cfg.data), "limit": limit}, sort_keys=True)
+    key = json.dumps({"weights": src.identity, "data": to_dict(src.cfg.data), "limit": limit, "subset": "spread"},
+                     sort_keys=True)  # "subset": entries of the first-N limit (before) are not reused
     path = src.out_dir / f"features_{split}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
     if path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
@@ -51,7 +52,7 @@ def evaluate_linear(source: str, overrides: list[str] | None = None, device: str
                     from_scratch: bool = False, train_limit: int = 0, test_limit: int = 0,
                     **probe_args) -> tuple[ProbeResult, Path]:
     """Linear probe of a run's or hub model's backbone (or, `from_scratch`, of the same network freshly
-    initialised), on the first `train_limit`/`test_limit` images of each split (0: all); the result is
+    initialised), on `train_limit`/`test_limit` images spread over each split (0: all); the result is
     also written to OUT_DIR/linear_probe[_scratch].json."""
     src = load_source(source, overrides, hub, pretrained=not from_scratch)
     dev = pick_device(device)

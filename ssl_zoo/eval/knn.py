@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ssl_zoo import distributed as dist_utils
-from ssl_zoo.eval.features import Embed, embed_items
+from ssl_zoo.eval.features import Embed, embed_items, spread_subset
 
 SIMILARITY_ELEMENTS = 2**26  # test x train similarities held at once (256 MiB in fp32)
 
@@ -44,11 +44,13 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 20
 
 def _shard(embed: Embed, dataset, limit: int, device: torch.device, batch_size: int, num_workers: int,
            desc: str, progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """This rank's share of the first `limit` images (0: all): features, labels, which rows are real
-    (not padding), and the number of images shared out."""
-    n = len(dataset) if not limit else min(limit, len(dataset))
+    """This rank's share of `limit` images spread over the dataset (0: all; features.spread_subset):
+    features, labels, which rows are real (not padding), and the number of images shared out."""
+    chosen = spread_subset(len(dataset), limit)
+    n = len(chosen)
     positions = dist_utils.shard_positions(n)
-    feats, labels = embed_items(embed, dataset, positions % n, device, batch_size, num_workers, desc, progress)
+    feats, labels = embed_items(embed, dataset, chosen[positions % n], device, batch_size, num_workers, desc,
+                                progress)
     return feats, labels, (positions < n).to(device), n
 
 

@@ -33,7 +33,7 @@ class Recipe:
     optim: OptimConfig
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's default, as in SimCLR fine-tuning
     seed: int = 0
-    test_limit: int = 0  # score only the first N test images (0: the whole test split)
+    test_limit: int = 0  # score only N test images spread over the split (0: the whole test split)
 
     def check(self) -> None:
         if self.epochs <= 0 or self.batch_size < 1:
