@@ -100,6 +100,7 @@ class Method(nn.Module):
     augment: MultiViewAugment
     eval_size: int = 0  # > 0: evaluation images are centre-cropped (or resized) to this side
     eval_resize: ClassVar[bool] = False  # True: the whole image is resized to eval_size instead
+    eval_minmax: bool = False  # True: each image's own intensity min-max first (as its training views)
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
@@ -208,7 +209,7 @@ class Method(nn.Module):
     def eval_view(self, side: int = 0) -> EvalView:
         """The evaluation input from uint8 images: eval_size when the method has one, else `side` (the
         load size; 0 keeps the images' size). Evaluation commands and the hub use it, as does `embed`."""
-        return EvalView(self.eval_size or side, self.normalize, resize=self.eval_resize)
+        return EvalView(self.eval_size or side, self.normalize, resize=self.eval_resize, minmax=self.eval_minmax)
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:

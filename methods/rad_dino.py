@@ -22,7 +22,7 @@ from lightly.models.modules import DINOv2ProjectionHead, MaskedVisionTransformer
 from lightly.models.modules.center import Center
 from torch import nn
 
-from ssl_zoo.augment import EvalView, MultiViewAugment, Normalize, Views, ViewSpec, minmax_scale
+from ssl_zoo.augment import MultiViewAugment, Normalize, Views, ViewSpec, minmax_scale
 from ssl_zoo.config import ConfigError, OptimConfig, bounded
 from ssl_zoo.data import Batch
 from ssl_zoo.diagnostics import distillation_pair
@@ -220,6 +220,7 @@ class RADDINO(SelfDistillation):
         self.ibot_targets = TeacherTargets(patch_dim, cfg.centering, cfg.center_momentum, cfg.sinkhorn_iterations)
         self.augment = MultiViewAugment(list(cfg.global_views) + [cfg.local_view] * cfg.n_local, cfg.normalize)
         self.normalize = Normalize(cfg.normalize)
+        self.eval_minmax = cfg.intensity_minmax
 
     def intensity(self, images: torch.Tensor) -> torch.Tensor:
         return minmax_scale(images) if self.cfg.intensity_minmax else images
@@ -286,10 +287,6 @@ class RADDINO(SelfDistillation):
     def backbone(self) -> nn.Module:
         return self.teacher.backbone.vit
 
-    def eval_view(self, side: int = 0) -> EvalView:
-        view = super().eval_view(side)
-        view.minmax = self.cfg.intensity_minmax  # as in training: each image's own range first
-        return view
 
     @preview
     def log_images(self, views: Views) -> dict[str, torch.Tensor]:

@@ -327,8 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--wd", type=float, nargs="+", default=[0.0, 1e-4, 1e-2], help="weight decays to try")
     q.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out to pick lr/wd")
     q.add_argument("--seed", type=int, default=0, help="seed of the validation split and the fits (default 0)")
-    q.add_argument("--train-limit", type=int, default=0, help="probe on N train images, spread over the split (default: all)")
-    q.add_argument("--test-limit", type=int, default=0, help="score N test images, spread over the split (default: all)")
+    q.add_argument("--train-limit", type=int, default=0,
+                   help="probe on N train images, spread over the split (default: all)")
+    q.add_argument("--test-limit", type=int, default=0,
+                   help="score N test images, spread over the split (default: all)")
     q.add_argument("--from-scratch", action="store_true", help="probe the same network with random weights")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     q.set_defaults(func=cmd_eval_linear)
