@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from ssl_zoo import distributed as dist_utils
 from ssl_zoo.augment import Views
-from ssl_zoo.budget import MEASURE_STEPS, SKIP_STEPS, EvalCost, StepTimer, steps_within_budget
+from ssl_zoo.budget import (MEASURE_STEPS, SKIP_STEPS, EvalCost, StepTimer, out_of_time, second_window_end,
+                            steps_within_budget)
 from ssl_zoo.checkpoint import CheckpointManager, atomic_write_text, remove_stale_temporaries
 from ssl_zoo.config import ExperimentConfig, per_rank_batch, to_dict
 from ssl_zoo.data import ResumableSampler, build_dataset, build_loader, pretraining_set
@@ -124,7 +125,9 @@ class Trainer:
             raise ValueError("one epoch holds fewer micro-batches than train.accumulate; lower it")
         # the config's length; under a time budget a cap, until the measured step rate fixes the count
         self.total_steps = cfg.train.max_steps or max(1, int(round(cfg.train.epochs * self.steps_per_epoch)))
+        self.config_steps = self.total_steps  # what a time budget may not exceed
         self.steps_fixed = not cfg.train.time_budget_min
+        self.eval_cost: EvalCost | None = None  # measured with the first step-rate estimate under a budget
         self.elapsed_before = 0.0  # seconds of earlier attempts of this run (a resumed run's budget is what is left)
         self.skipped_images = 0  # this rank's, since the run began (kept across resumes)
 
@@ -223,7 +226,7 @@ class Trainer:
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.skipped_images = int(state.get("skipped_images", 0)) if self.dist.is_main else 0  # the all-rank total
         if self.cfg.train.time_budget_min and state.get("total_steps_fixed"):
-            self._fix_total_steps(int(state["total_steps"]))  # exact resume: the count chosen before
+            self._set_total_steps(int(state["total_steps"]))  # exact resume: the count chosen before
         rngs = state["rng"]
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank], self.device)
@@ -310,13 +313,15 @@ class Trainer:
         count = torch.tensor(float(self.skipped_images), dtype=torch.float64, device=self.device)
         return round(dist_utils.all_reduce_mean(count).item() * self.dist.world_size)
 
-    def _periodic(self, logger: MetricsLogger) -> None:
+    def _periodic(self, logger: MetricsLogger, timer: StepTimer) -> None:
         """Mid-run k-NN and checkpoints (the final ones run after the loop)."""
         cfg = self.cfg
         if self.step >= self.total_steps:
             return
         if cfg.eval.knn_every and self.step % cfg.eval.knn_every == 0:
+            started = time.perf_counter()
             acc = self._eval_knn(full=False)
+            timer.exclude(time.perf_counter() - started)  # the budget counts it apart from the step rate
             if acc is not None:
                 logger.log(self.step, {"epoch": round(self.step / self.steps_per_epoch, 4), "knn_top1": acc})
         if self.step % cfg.train.ckpt_every == 0:
@@ -338,8 +343,8 @@ class Trainer:
             self.method.train()
 
     # ------------------------------------------------------------------ the time budget
-    def _fix_total_steps(self, total: int) -> None:
-        self.total_steps, self.steps_fixed = total, True
+    def _set_total_steps(self, total: int, fixed: bool = True) -> None:
+        self.total_steps, self.steps_fixed = total, fixed
         self.schedule = Schedule(self.cfg.optim, self.peak_lr, self.steps_per_epoch, total)
 
     def _eval_cost(self) -> EvalCost:
@@ -364,28 +369,63 @@ class Trainer:
         limited = min(ev.knn_train_limit or n_train, n_train) + min(ev.knn_test_limit or n_test, n_test)
         return EvalCost(final, per_image * limited * KNN_SEARCH_MARGIN, ev.knn_every)
 
+    def _measured_eval_cost(self) -> EvalCost:
+        """The evaluations' cost on the slowest rank, measured once per process."""
+        if self.eval_cost is None:
+            cost = self._eval_cost()
+            slowest = dist_utils.all_reduce_max(torch.tensor([cost.final_s, cost.periodic_s], dtype=torch.float64,
+                                                             device=self.device)).tolist()
+            self.eval_cost = EvalCost(slowest[0], slowest[1], cost.periodic_every)
+        return self.eval_cost
+
+    def _budget_left_s(self) -> float:
+        return self.cfg.train.time_budget_min * 60 - self.elapsed_before
+
     def _budget(self, timer: StepTimer, bar: tqdm) -> None:
-        """Once the step rate is measured, fix total_steps so the run ends inside train.time_budget_min."""
+        """Under train.time_budget_min: set total_steps from the measured step rate (a first estimate, then
+        the fixed count; ssl_zoo.budget), and once fixed, stop if the steps slowed down past the budget."""
+        if not self.cfg.train.time_budget_min:
+            return
         if self.steps_fixed:
+            self._stop_if_out_of_time(bar)
             return
         seconds_per_step = timer.observe(self.step, time.perf_counter())
         if seconds_per_step is None:
             return
-        cost = self._eval_cost()
-        slowest = dist_utils.all_reduce_max(torch.tensor([seconds_per_step, cost.final_s, cost.periodic_s],
-                                                         dtype=torch.float64, device=self.device)).tolist()
-        cost = EvalCost(slowest[1], slowest[2], cost.periodic_every)
-        budget_s = self.cfg.train.time_budget_min * 60 - self.elapsed_before
-        total = steps_within_budget(budget_s, time.perf_counter() - self.started, self.step, slowest[0],
-                                    self.total_steps, cost)
-        cap = self.total_steps
-        self._fix_total_steps(total)
+        first = self.eval_cost is None
+        cost = self._measured_eval_cost()
+        seconds_per_step = float(dist_utils.all_reduce_max(torch.tensor(seconds_per_step, dtype=torch.float64,
+                                                                        device=self.device)))
+        total = steps_within_budget(self._budget_left_s(), time.perf_counter() - self.started, self.step,
+                                    seconds_per_step, self.config_steps, cost)
+        window_end = second_window_end(self.step, total)
+        final = not first or window_end >= total
+        self._set_total_steps(total, fixed=final)
+        if not final:
+            timer.extend(window_end, time.perf_counter())
         bar.total = total
         bar.refresh()
         if self.dist.is_main:
             self._write_config()
-            tqdm.write(f"time budget {self.cfg.train.time_budget_min:g} min: {slowest[0]:.3f} s/step, final k-NN "
-                       f"~{cost.final_s:.0f} s -> {total} steps ({'the config length' if total == cap else f'of {cap}'})")
+            length = "the config length" if total == self.config_steps else f"of {self.config_steps}"
+            stage = "fixed" if final else f"first estimate, measured again to step {window_end}"
+            tqdm.write(f"time budget {self.cfg.train.time_budget_min:g} min: {seconds_per_step:.3f} s/step, final "
+                       f"k-NN ~{cost.final_s:.0f} s -> {total} steps ({length}; {stage})")
+
+    def _stop_if_out_of_time(self, bar: tqdm) -> None:
+        """Steps that slowed down after the count was fixed: end the run now, the final k-NN still fits."""
+        elapsed = float(dist_utils.all_reduce_max(torch.tensor(time.perf_counter() - self.started,
+                                                               dtype=torch.float64, device=self.device)))
+        final_eval_s = self._measured_eval_cost().final_s
+        if self.step >= self.total_steps or not out_of_time(self._budget_left_s(), elapsed, final_eval_s):
+            return
+        planned = self.total_steps
+        self._set_total_steps(self.step, fixed=True)
+        bar.total = self.step
+        if self.dist.is_main:
+            self._write_config()
+            tqdm.write(f"time budget {self.cfg.train.time_budget_min:g} min: steps slowed down; stopping at step "
+                       f"{self.step} of the {planned} planned (the schedules end early)")
 
     # ------------------------------------------------------------------ the loop
     def _write_config(self) -> None:
@@ -402,7 +442,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         steps = (f"{self.total_steps} steps" if self.steps_fixed else
-                 f"steps fixed after {SKIP_STEPS + MEASURE_STEPS} to fit {self.cfg.train.time_budget_min:g} min "
+                 f"steps set from the step rate measured after {SKIP_STEPS + MEASURE_STEPS} to fit {self.cfg.train.time_budget_min:g} min "
                  f"(at most {self.total_steps})")
         tqdm.write(f"{self.cfg.train.name}: {self.cfg.method.name} on {self.device}, precision {self.precision}"
                    f"{' (auto)' if self.cfg.train.precision == 'auto' else ''}, {self.dist.world_size} rank(s), "
@@ -429,7 +469,7 @@ class Trainer:
                 meter.add(step.loss)
                 self._log(logger, bar, meter, step, progress)
                 self._budget(timer, bar)
-                self._periodic(logger)
+                self._periodic(logger, timer)
                 if stopping:
                     return "interrupted"
                 if self.step >= self.total_steps or self.step % self.steps_per_epoch == 0:

@@ -9,7 +9,8 @@ import time
 import pytest
 import yaml
 
-from ssl_zoo.budget import MEASURE_STEPS, SAFETY, SKIP_STEPS, EvalCost, StepTimer, steps_within_budget
+from ssl_zoo.budget import (MEASURE_STEPS, SAFETY, SKIP_STEPS, EvalCost, StepTimer, out_of_time, second_window_end,
+                            steps_within_budget)
 from ssl_zoo.checkpoint import load_checkpoint
 from ssl_zoo.experiment import load_config
 from ssl_zoo.trainer import Trainer
@@ -39,12 +40,32 @@ def test_step_timer_measures_after_the_skipped_steps():
     assert measured == [2.0] and seen.index(2.0) == SKIP_STEPS + MEASURE_STEPS - 1
 
 
-def slowed(trainer: Trainer, seconds: float, stop_at: int | None = None) -> Trainer:
-    """Every training step sleeps `seconds` (a machine of known speed); optionally SIGUSR1 at a step."""
+def test_the_second_window_measures_wall_time_less_the_evaluations():
+    timer = StepTimer(first_step=0)
+    end = SKIP_STEPS + MEASURE_STEPS
+    assert [timer.observe(s, now=s * 1.0) for s in range(1, end + 1)][-1] == 1.0
+    timer.extend(second_window_end(end, first_total=end + 300), now=end * 1.0)
+    assert timer.end_step == end + 30  # REPLAN_SHARE of the 300 steps left
+    seen = []
+    for s in range(end + 1, end + 31):
+        if s == end + 5:
+            timer.exclude(100.0)  # a periodic k-NN took 100 s inside the window
+        seen.append(timer.observe(s, now=end + (s - end) * 3.0 + (100.0 if s >= end + 5 else 0.0)))
+    assert [v for v in seen if v is not None] == [3.0] and seen[-1] == 3.0
+    assert second_window_end(end, first_total=end + 20) == end + MEASURE_STEPS  # never shorter than the first
+
+
+def test_out_of_time_keeps_the_final_evaluation():
+    assert not out_of_time(100, 79, 20) and out_of_time(100, 80, 20) and out_of_time(100, 101, 0)
+
+
+def slowed(trainer: Trainer, seconds: float, stop_at: int | None = None, slower_when=None, slower: float = 0.0) -> Trainer:
+    """Every training step sleeps `seconds` (a machine of known speed), or `slower` where
+    `slower_when(trainer)` holds; optionally SIGUSR1 at a step."""
     original = trainer.method.training_step
 
     def slow_step(views, progress):
-        time.sleep(seconds)
+        time.sleep(slower if slower_when is not None and slower_when(trainer) else seconds)
         if progress.step == stop_at:
             os.kill(os.getpid(), signal.SIGUSR1)
         return original(views, progress)
@@ -73,8 +94,30 @@ def test_slow_steps_end_inside_the_budget_and_the_count_is_recorded(tmp_path, on
     assert state["total_steps"] == result.step and state["total_steps_fixed"]
 
 
+def estimated(trainer: Trainer) -> bool:
+    return trainer.total_steps < trainer.config_steps
+
+
+def fixed(trainer: Trainer) -> bool:
+    return trainer.total_steps < trainer.config_steps and trainer.steps_fixed
+
+
+@pytest.mark.parametrize("slower_when, stopped_early", [(estimated, False), (fixed, True)])
+def test_steps_that_slow_down_still_end_inside_the_budget(tmp_path, one_thread, capsys, slower_when, stopped_early):
+    """4x slower steps after the first estimate: the fixing measurement catches them. 4x slower after the
+    count is fixed: the run stops early, the final k-NN still inside the budget."""
+    start = time.perf_counter()
+    trainer = Trainer(load_config(budget_config(tmp_path, "slower")), progress_bar=False)
+    result = slowed(trainer, 0.1, slower_when=slower_when, slower=0.4).fit()
+    wall = time.perf_counter() - start
+    assert result.status == "completed" and result.knn_top1 is not None
+    assert wall <= 15 + 1.0, wall
+    assert ("steps slowed down; stopping at step" in capsys.readouterr().out) == stopped_early
+    assert load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["total_steps"] == result.step
+
+
 def test_a_resumed_run_keeps_the_count_fixed_before(tmp_path, one_thread):
-    stop_at = SKIP_STEPS + MEASURE_STEPS + 2  # after the count is fixed
+    stop_at = SKIP_STEPS + 2 * MEASURE_STEPS + 2  # after the count is fixed (the second measurement ends at 23)
     first = slowed(Trainer(load_config(budget_config(tmp_path, "resumed")), progress_bar=False), 0.3, stop_at).fit()
     assert first.status == "interrupted"
     fixed = load_checkpoint(first.run_dir / "checkpoints" / "last.pt")["total_steps"]
