@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", metavar="ARCH", help="timm architecture of a fresh student (default: the teacher's)")
     p.add_argument("--student-init", metavar="SOURCE", help="start the student from this run's or hub model's backbone")
     p.add_argument("--temperature", type=float, help="tau (default 0.1 self-distillation, 1.0 big -> small)")
-    p.add_argument("--unlabelled-limit", type=int, default=0, help="use only the first N unlabelled images")
+    p.add_argument("--unlabelled-limit", type=int, default=0, help="use only N unlabelled images, spread over the split")
     _supervised_options(p, 256, "base lr; the peak lr is base x batch/256 x tau (default 0.1)")
     p.set_defaults(func=cmd_distill)
 

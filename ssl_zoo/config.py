@@ -52,7 +52,7 @@ class DataConfig:
     channels: int = bounded(3, 1, 64)  # grayscale data is replicated to this many channels
     num_workers: int = bounded(0, 0, 256)
     on_bad_image: Literal["skip", "error"] = "skip"
-    limit: int = bounded(0, 0)  # use only the first N training images (0: all)
+    limit: int = bounded(0, 0)  # use only N training images, spread over the split (0: all)
     synthetic_size: int = bounded(512, 1)
     synthetic_classes: int = bounded(4, 1)
     # multispectral: band indices kept from each file (empty: all), and per kept band the mean/std that map

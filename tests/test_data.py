@@ -58,6 +58,16 @@ def test_image_folder_labelled_and_flat(tmp_path):
     assert ds.__getitems__([0]).labels.tolist() == [-1]
 
 
+def test_data_limit_spreads_over_a_class_sorted_folder(tmp_path):
+    """data.limit takes images spread over the split: the first N of a folder are its first classes."""
+    make_folder(tmp_path, classes=("a", "b", "c", "d"), per_class=5, size=8)
+    full = build_dataset(DataConfig(kind="image_folder", path=str(tmp_path), load_size=8), "train")
+    limited = build_dataset(DataConfig(kind="image_folder", path=str(tmp_path), load_size=8, limit=8), "train")
+    assert len(limited) == 8 and limited.labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    batch = limited.__getitems__([2, 7])
+    assert torch.equal(batch.images, full.__getitems__([5, 17]).images) and batch.labels.tolist() == [1, 3]
+
+
 def test_corrupt_image_skipped_with_warning_and_counted(tmp_path):
     make_folder(tmp_path)
     (tmp_path / "cat" / "1.png").write_bytes(b"not a png at all")

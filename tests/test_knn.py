@@ -165,7 +165,7 @@ def class_sorted(dataset: SyntheticImages) -> SyntheticImages:
 
 def test_limits_take_images_spread_over_a_class_sorted_split():
     """A limited k-NN bank or probe set holds every class, not the first classes of a folder."""
-    from ssl_zoo.eval.features import spread_subset
+    from ssl_zoo.data.subset import spread_subset
 
     assert spread_subset(10, 0).tolist() == spread_subset(10, 25).tolist() == list(range(10))
     assert spread_subset(60000, 10000)[:3].tolist() == [0, 6, 12] and len(spread_subset(60000, 10000).unique()) == 10000

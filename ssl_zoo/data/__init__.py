@@ -15,6 +15,7 @@ from ssl_zoo.data.multispectral import (MultispectralFolder, SyntheticMultispect
 from ssl_zoo.data.pairs import ImagePairs
 from ssl_zoo.data.sampler import ResumableSampler
 from ssl_zoo.data.synthetic import SyntheticImages
+from ssl_zoo.data.subset import SpreadSubset
 
 __all__ = ["Batch", "DataError", "ResumableSampler", "build_dataset", "build_loader", "pretraining_set",
            "to_channels"]
@@ -58,7 +59,7 @@ def build_dataset(cfg: DataConfig, split: str = "train",
     else:  # the config schema already restricts the kinds
         raise DataError(f"unknown data.kind {cfg.kind!r}")
     if split == "train" and cfg.limit:
-        ds = _Limited(ds, cfg.limit)
+        ds = SpreadSubset(ds, cfg.limit)  # spread over the split: folders list files class by class
     return ds
 
 
@@ -68,21 +69,6 @@ def pretraining_set(cfg: DataConfig, train_set: torch.utils.data.Dataset) -> tor
     if cfg.kind == "image_folder" and cfg.max_aspect > 1:
         return build_dataset(cfg, "train", whole_images=True)
     return train_set
-
-
-class _Limited(torch.utils.data.Dataset):
-    """The first `limit` items of a dataset (quick runs and tests)."""
-
-    def __init__(self, base: torch.utils.data.Dataset, limit: int) -> None:
-        self.base, self.n = base, min(limit, len(base))
-        self.labels = base.labels[: self.n]
-        self.num_classes = getattr(base, "num_classes", 0)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitems__(self, indices: list[int]) -> Batch:
-        return self.base.__getitems__(indices)
 
 
 def _identity(batch: Batch) -> Batch:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ssl_zoo.backbones import build_backbone, spec_of
 from ssl_zoo.checkpoint import atomic_write_json
 from ssl_zoo.config import ConfigError, DataConfig, ModelConfig, OptimConfig, build_dataclass
+from ssl_zoo.data.subset import spread_subset
 from ssl_zoo.eval.classifier import Classifier, load_classifier, save_classifier, top1_accuracy
 from ssl_zoo.eval.supervised import Recipe, train_on
 from ssl_zoo.eval.source import labelled_splits, load_source
@@ -88,7 +89,7 @@ def distill(teacher_folder: Path, recipe: Recipe, student: str | None = None, st
             temperature: float | None = None, unlabelled_limit: int = 0, device: str = "auto",
             hub: str | None = None, progress: bool = True) -> tuple[DistillResult, Path]:
     """Distil the classifier in `teacher_folder` (from `ssl-zoo finetune`) on its unlabelled train
-    split (its first `unlabelled_limit` images when > 0).
+    split (`unlabelled_limit` images spread over it when > 0).
 
     Writes distill_<student>_t<tau>_from_<teacher>.json and the student's classifier folder next to
     the teacher.
@@ -102,7 +103,7 @@ def distill(teacher_folder: Path, recipe: Recipe, student: str | None = None, st
     if tau <= 0:
         raise ConfigError(f"--temperature must be > 0, got {tau}")
     train_set, test_set = labelled_splits(build_dataclass(DataConfig, meta["data"], "data"), "distillation")
-    unlabelled = torch.arange(min(unlabelled_limit or len(train_set), len(train_set)))
+    unlabelled = spread_subset(len(train_set), unlabelled_limit)
 
     def loss_of(views: torch.Tensor, batch) -> torch.Tensor:
         with torch.no_grad():

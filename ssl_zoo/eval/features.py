@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ssl_zoo.data import build_loader
+from ssl_zoo.data.subset import spread_subset
 from ssl_zoo.runtime import autocast_dtype
 
 Embed = Callable[[torch.Tensor], torch.Tensor]  # uint8 images at the load size -> (B, D) features
@@ -36,14 +37,6 @@ def embed_items(embed: Embed, dataset, indices: Sequence[int] | torch.Tensor, de
         feats.append(F.normalize(f, dim=1) if l2_normalize else f)
         labels.append(batch.labels.to(device, non_blocking=True))
     return torch.cat(feats), torch.cat(labels)
-
-
-def spread_subset(size: int, limit: int) -> torch.Tensor:
-    """`limit` indices spread evenly over range(size) (all of them when limit is 0 or >= size), in order.
-    Not the first `limit`: image folders list their files class by class, so the first images of a split
-    are its first few classes (a k-NN bank of ImageNet's first 50,000 images holds 39 of 1,000 classes)."""
-    n = size if not limit else min(limit, size)
-    return torch.arange(n) * size // max(n, 1)
 
 
 def extract_features(embed: Embed, dataset, device: torch.device, batch_size: int = 512, limit: int = 0,

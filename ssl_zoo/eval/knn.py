@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from ssl_zoo import distributed as dist_utils
-from ssl_zoo.eval.features import Embed, embed_items, spread_subset
+from ssl_zoo.data.subset import spread_subset
+from ssl_zoo.eval.features import Embed, embed_items
 
 SIMILARITY_ELEMENTS = 2**26  # test x train similarities held at once (256 MiB in fp32)
 
@@ -44,7 +45,7 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, k: int = 20
 
 def _shard(embed: Embed, dataset, limit: int, device: torch.device, batch_size: int, num_workers: int,
            desc: str, progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """This rank's share of `limit` images spread over the dataset (0: all; features.spread_subset):
+    """This rank's share of `limit` images spread over the dataset (0: all; data.subset.spread_subset):
     features, labels, which rows are real (not padding), and the number of images shared out."""
     chosen = spread_subset(len(dataset), limit)
     n = len(chosen)
