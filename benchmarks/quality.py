@@ -109,8 +109,7 @@ def run_method(name: str, config: Path, args: argparse.Namespace, out_dir: str, 
 def finetune_run(run_dir: Path, from_scratch: bool, args: argparse.Namespace) -> dict:
     """`ssl-zoo finetune RUN --labels <args.labels> [--from-scratch]`: test top-1 and what it trained on."""
     fraction = parse_label_fraction(args.labels)
-    recipe = finetune_recipe(fraction, args.finetune_batch, args.finetune_recipe)
-    recipe.epochs = args.finetune_epochs or recipe.epochs
+    recipe = finetune_recipe(fraction, args.finetune_batch, args.finetune_recipe, args.finetune_epochs or None)
     recipe.test_limit = args.test_limit
     result, _ = finetune(str(run_dir), fraction, recipe, device=args.device, from_scratch=from_scratch,
                          progress=False)

@@ -187,7 +187,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from ssl_zoo.eval.finetune import finetune, finetune_recipe, parse_label_fraction
 
     fraction = parse_label_fraction(args.labels)
-    recipe = _recipe(args, finetune_recipe(fraction, args.batch_size, args.recipe))
+    recipe = _recipe(args, finetune_recipe(fraction, args.batch_size, args.recipe, args.epochs))
     result, out = finetune(args.source, fraction, recipe, args.overrides, args.device, args.hub, args.from_scratch)
     kind = "from random init" if args.from_scratch else "fine-tuned"
     print(f"{kind} on {result.labels} of the labels ({result.labelled_images} images, class-balanced, seed "
@@ -346,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="same network and procedure from random weights (the baseline to beat)")
     p.add_argument("--recipe", default="simclr", choices=["simclr", "mae"],
                    help="simclr: momentum SGD, lr 0.005 x sqrt(batch), no warm-up (default); mae: MAE's ViT "
-                        "fine-tuning optimiser, AdamW 5e-4 x batch/256, weight decay 0.05, 5 warm-up epochs")
+                        "fine-tuning optimiser, AdamW 5e-4 x batch/256, weight decay 0.05, 5 warm-up epochs "
+                        "(at most 10%% of the run)")
     _supervised_options(p, 1024, "base lr; the peak lr is base x sqrt(batch) (simclr, default 0.005) or "
                                  "base x batch/256 (mae, default 5e-4)")
     p.set_defaults(func=cmd_finetune)

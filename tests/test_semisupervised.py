@@ -50,7 +50,9 @@ def test_finetune_recipe_follows_the_paper():
     assert one.optim.weight_decay == 0.0 and one.optim.warmup_epochs == 0.0 and one.optim.name == "sgd"
     mae = finetune_recipe(0.1, 64, "mae")
     assert mae.epochs == 30 and mae.optim.name == "adamw" and scaled_lr(mae.optim, 64) == pytest.approx(1.25e-4)
-    assert (mae.optim.weight_decay, mae.optim.warmup_epochs, mae.optim.min_lr) == (0.05, 5.0, 1e-6)
+    assert (mae.optim.weight_decay, mae.optim.warmup_epochs, mae.optim.min_lr) == (0.05, 3.0, 1e-6)  # 10% of 30
+    assert finetune_recipe(0.1, 64, "mae", epochs=100).optim.warmup_epochs == 5.0  # MAE's ViT-B: 5 of 100
+    assert finetune_recipe(0.1, 64, "mae", epochs=10).epochs == 10
     with pytest.raises(ConfigError, match="'byol'.*simclr, mae"):
         finetune_recipe(0.1, 64, "byol")
 
