@@ -262,7 +262,9 @@ def test_log_images_shows_input_masked_and_chosen_patches_without_touching_bn(tm
 
 def test_short_fashion_mnist_run_lowers_the_loss(tmp_path):
     """A real training run (trainer, AdamW, schedules) on Fashion-MNIST: the loss goes down."""
-    raw = tiny_config("selfie", tmp_path, data="fashion_mnist", train={"max_steps": 20, "batch_size": 32})
-    losses = fit_losses(raw, 20)
+    # 30 steps: at 20 the batch-to-batch noise of this loss (2.0-3.3 in the first 20) leaves the
+    # last-5 / first-5 ratio at 0.80 on some image subsets; at 30 it is 0.67
+    raw = tiny_config("selfie", tmp_path, data="fashion_mnist", train={"max_steps": 30, "batch_size": 32})
+    losses = fit_losses(raw, 30)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, losses
