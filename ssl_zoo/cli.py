@@ -184,14 +184,18 @@ def _recipe(args: argparse.Namespace, recipe):
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from ssl_zoo.eval.finetune import finetune, finetune_recipe, parse_label_fraction
+    from ssl_zoo.eval.finetune import default_recipe, finetune, finetune_recipe, parse_label_fraction
+    from ssl_zoo.eval.source import load_source
 
     fraction = parse_label_fraction(args.labels)
-    recipe = _recipe(args, finetune_recipe(fraction, args.batch_size, args.recipe, args.epochs))
-    result, out = finetune(args.source, fraction, recipe, args.overrides, args.device, args.hub, args.from_scratch)
+    src = load_source(args.source, args.overrides, args.hub, pretrained=not args.from_scratch)
+    name = default_recipe(src.backbone) if args.recipe == "auto" else args.recipe
+    recipe = _recipe(args, finetune_recipe(fraction, args.batch_size, name, args.epochs))
+    result, out = finetune(src, fraction, recipe, device=args.device, from_scratch=args.from_scratch)
     kind = "from random init" if args.from_scratch else "fine-tuned"
     print(f"{kind} on {result.labels} of the labels ({result.labelled_images} images, class-balanced, seed "
-          f"{result.seed}): test top-1 {result.test_top1:.2f}% on {result.test_images} images")
+          f"{result.seed}), {name} recipe{' (auto)' if args.recipe == 'auto' else ''}: test top-1 "
+          f"{result.test_top1:.2f}% on {result.test_images} images")
     print(f"classifier: {result.model}\nresult: {out}")
     return 0
 
@@ -344,10 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, metavar="PCT", help="share of the labelled train split: 1%%, 10%%, 100%%")
     p.add_argument("--from-scratch", action="store_true",
                    help="same network and procedure from random weights (the baseline to beat)")
-    p.add_argument("--recipe", default="simclr", choices=["simclr", "mae"],
-                   help="simclr: momentum SGD, lr 0.005 x sqrt(batch), no warm-up (default); mae: MAE's ViT "
-                        "fine-tuning optimiser, AdamW 5e-4 x batch/256, weight decay 0.05, 5 warm-up epochs "
-                        "(at most 10%% of the run)")
+    p.add_argument("--recipe", default="auto", choices=["auto", "simclr", "mae"],
+                   help="simclr: momentum SGD, lr 0.005 x sqrt(batch), no warm-up; mae: MAE's ViT fine-tuning "
+                        "optimiser, AdamW 5e-4 x batch/256, weight decay 0.05, 5 warm-up epochs (at most 10%% "
+                        "of the run); auto (default): mae for ViTs, simclr otherwise")
     _supervised_options(p, 1024, "base lr; the peak lr is base x sqrt(batch) (simclr, default 0.005) or "
                                  "base x batch/256 (mae, default 5e-4)")
     p.set_defaults(func=cmd_finetune)

@@ -13,7 +13,8 @@ from ssl_zoo.config import ConfigError
 from ssl_zoo.experiment import load_config
 from ssl_zoo.eval.classifier import load_classifier
 from ssl_zoo.eval.distill import default_temperature, distill, distill_recipe, distillation_loss
-from ssl_zoo.eval.finetune import balanced_subset, finetune, finetune_recipe, label_tag, parse_label_fraction
+from ssl_zoo.eval.finetune import (balanced_subset, default_recipe, finetune, finetune_recipe, label_tag,
+                                   parse_label_fraction)
 from ssl_zoo.trainer import Trainer
 from tests.conftest import tiny_config
 
@@ -55,6 +56,13 @@ def test_finetune_recipe_follows_the_paper():
     assert finetune_recipe(0.1, 64, "mae", epochs=10).epochs == 10
     with pytest.raises(ConfigError, match="'byol'.*simclr, mae"):
         finetune_recipe(0.1, 64, "byol")
+
+
+def test_the_default_recipe_is_maes_for_vits_and_simclrs_for_convnets():
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=28, patch_size=4, num_classes=0)
+    assert default_recipe(vit) == "mae" and default_recipe(timm.create_model("resnet10t", num_classes=0)) == "simclr"
 
 
 # ----------------------------------------------------------------------------- distillation loss
@@ -151,7 +159,7 @@ def test_classifier_folder_errors_are_clear(tmp_path, tiny_run):
 def test_distill_writes_result_next_to_the_teacher_and_feeds_the_hub(tiny_run, tmp_path, capsys):
     assert cli_main(["finetune", str(tiny_run), "--labels", "50%", "--epochs", "1", "--batch-size", "32"]) == 0
     out = capsys.readouterr().out
-    assert "fine-tuned on 50% of the labels (128 images" in out
+    assert "fine-tuned on 50% of the labels (128 images" in out and "simclr recipe (auto)" in out  # a ResNet
     teacher = tiny_run / "eval/finetune_50pct"
     assert cli_main(["distill", str(teacher), "--student", "resnet10t", "--epochs", "1", "--batch-size", "32",
                      "--unlabelled-limit", "64"]) == 0

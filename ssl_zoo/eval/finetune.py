@@ -20,12 +20,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from ssl_zoo.backbones import is_vit
 from ssl_zoo.checkpoint import atomic_write_json
 from ssl_zoo.config import ConfigError, OptimConfig, to_dict
 from ssl_zoo.eval.classifier import Classifier, save_classifier, top1_accuracy
 from ssl_zoo.eval.supervised import Recipe, train_on
-from ssl_zoo.eval.source import labelled_splits, load_source
+from ssl_zoo.eval.source import EvalSource, labelled_splits, load_source
 from ssl_zoo.optim import scaled_lr
 from ssl_zoo.runtime import pick_device
 
@@ -67,6 +69,12 @@ def balanced_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.T
 RECIPES = ("simclr", "mae")
 
 
+def default_recipe(backbone: nn.Module) -> str:
+    """`--recipe auto`: MAE's optimiser for ViTs (momentum SGD without warm-up diverged on SatMAE++'s ViT),
+    SimCLR's for convolutional networks (what SimCLRv2's ResNets were fine-tuned with)."""
+    return "mae" if is_vit(backbone) else "simclr"
+
+
 def finetune_recipe(fraction: float, batch_size: int = 1024, recipe: str = "simclr",
                     epochs: float | None = None) -> Recipe:
     """The SimCLR fine-tuning recipe for a label fraction, or with MAE's optimiser (see the module docstring);
@@ -103,16 +111,17 @@ class FinetuneResult:
     model: str  # the fine-tuned classifier's folder
 
 
-def finetune(source: str, fraction: float, recipe: Recipe, overrides: list[str] | None = None,
+def finetune(source: str | EvalSource, fraction: float, recipe: Recipe, overrides: list[str] | None = None,
              device: str = "auto", hub: str | None = None, from_scratch: bool = False,
              progress: bool = True) -> tuple[FinetuneResult, Path]:
     """Fine-tune `source` (run, checkpoint or hub model) on a balanced label subset; report test top-1.
 
     Writes OUT/finetune_<pct>.json and the classifier folder OUT/finetune_<pct>/ (OUT = RUN/eval,
     or the cache for hub models); `from_scratch` trains the same network from random weights
-    (files tagged `_scratch`), the baseline pretraining must beat.
+    (files tagged `_scratch`), the baseline pretraining must beat. `source` may be an EvalSource
+    already loaded (with `pretrained=not from_scratch`; overrides and hub are then not used).
     """
-    src = load_source(source, overrides, hub, pretrained=not from_scratch)
+    src = source if isinstance(source, EvalSource) else load_source(source, overrides, hub, pretrained=not from_scratch)
     dev = pick_device(device)
     train_set, test_set = labelled_splits(src.cfg.data, "fine-tuning")
     subset = balanced_subset(train_set.labels, fraction, recipe.seed)
