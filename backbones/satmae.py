@@ -74,6 +74,9 @@ class GroupChannelViT(nn.Module):
         check_split(embed_dim, group_embed_dim, "encoder")
         self.in_chans, self.embed_dim, self.num_features = bands, embed_dim, embed_dim
         self.patch_embed = nn.ModuleList(PatchEmbed(img_size, patch_size, len(g), embed_dim) for g in self.groups)
+        # the bands group by group, on the model's device: indexing with the Python lists would copy them to
+        # the device on every call (a host sync on CUDA, seen by benchmarks/gpu_check.py)
+        self.register_buffer("band_order", torch.tensor([b for g in self.groups for b in g]), persistent=False)
         grid = self.patch_embed[0].grid_size[0]
         self.num_patches = self.patch_embed[0].num_patches  # locations per group
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -91,9 +94,14 @@ class GroupChannelViT(nn.Module):
     def patch_size(self) -> int:
         return self.patch_embed[0].patch_size[0]
 
+    def split_groups(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, C, ...) in band order -> one (B, len(group), ...) per group."""
+        return x.index_select(1, self.band_order).split([len(g) for g in self.groups], 1)
+
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """(B, G*L, D): per-group patch embeddings plus their position and group encodings."""
-        embedded = torch.stack([embed(images[:, g]) for embed, g in zip(self.patch_embed, self.groups)], 1)
+        per_group = self.split_groups(images)
+        embedded = torch.stack([embed(bands) for embed, bands in zip(self.patch_embed, per_group)], 1)
         return embedded.flatten(1, 2) + position_group_table(self.pos_embed, self.channel_embed, len(self.groups))
 
     def forward_features(self, images: torch.Tensor, idx_keep: torch.Tensor | None = None) -> torch.Tensor:

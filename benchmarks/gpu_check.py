@@ -81,16 +81,20 @@ def synthetic_overrides(cfg: ExperimentConfig, batch: int) -> list[str]:
             "data.eval_path=", "data.band_mean=[]", "data.band_std=[]", "data.bands=[]", *extra]
 
 
-def build(name: str, config: Path, args: argparse.Namespace, out_dir: str) -> Trainer:
-    """A Trainer on the method's config, synthetic data, bf16 on CUDA (fp32 on the CPU with --dry)."""
+def run_overrides(name: str, config: Path, args: argparse.Namespace, out_dir: str) -> list[str]:
+    """The config's overrides for the check: bf16 on CUDA (fp32 on the CPU with --dry), the per-rank batch on
+    one device (the paper configs' global batch is for many GPUs), synthetic data."""
     base = load_config(config, args.set)
     batch = args.batch_size or (DRY_BATCH if args.dry else base.train.batch_size)
     device = ["train.device=cpu", "train.precision=fp32"] if args.dry else ["train.device=cuda",
                                                                           "train.precision=bf16"]
-    overrides = [*quiet_overrides(args.warmup + args.steps, out_dir, f"gpu_check_{name}"), *device,
-                 f"train.batch_size={batch}", "train.accumulate=1", "model.init_from=",
-                 *synthetic_overrides(base, batch), *args.set]
-    return Trainer(load_config(config, overrides), progress_bar=False)
+    return [*quiet_overrides(args.warmup + args.steps, out_dir, f"gpu_check_{name}"), *device,
+            f"train.batch_size={batch}", "train.global_batch=0", "train.accumulate=1", "model.init_from=",
+            *synthetic_overrides(base, batch), *args.set]
+
+
+def build(name: str, config: Path, args: argparse.Namespace, out_dir: str) -> Trainer:
+    return Trainer(load_config(config, run_overrides(name, config, args, out_dir)), progress_bar=False)
 
 
 def time_views(trainer: Trainer) -> list[float]:

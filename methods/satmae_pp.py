@@ -17,6 +17,7 @@ default) and SatMAEPPRGB; the MultiScaleMAE base holds what they share.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
 import torch
@@ -61,12 +62,13 @@ def unpatchify_bands(patches: torch.Tensor, patch_size: int) -> torch.Tensor:
     return patches.reshape(b, c, g, g, p, p).permute(0, 1, 2, 4, 3, 5).reshape(b, c, g * p, g * p)
 
 
-def group_masked_mse(pred: torch.Tensor, target: torch.Tensor, groups: list[list[int]],
+def group_masked_mse(pred: torch.Tensor, target: torch.Tensor, split_groups: Callable[[torch.Tensor], Sequence[torch.Tensor]],
                      idx_mask: torch.Tensor) -> torch.Tensor:
     """pred/target (B, C, L, p^2): per-patch MSE, averaged over each group's bands -> (B, G*L) group-major,
-    then averaged over the masked tokens (every image masks the same count)."""
+    then averaged over the masked tokens (every image masks the same count). `split_groups` cuts (B, C, L)
+    into the groups' (B, len(g), L) (GroupChannelViT.split_groups)."""
     err = (pred - target).pow(2).mean(-1)
-    per_token = torch.stack([err[:, g].mean(1) for g in groups], 1).flatten(1)
+    per_token = torch.stack([bands.mean(1) for bands in split_groups(err)], 1).flatten(1)
     return torch.gather(per_token, 1, idx_mask).mean()
 
 
@@ -314,7 +316,7 @@ class SatMAEPP(MultiScaleMAE):
         return per_location.unflatten(-1, (patches.shape[1], -1)).transpose(1, 2)
 
     def masked_mse(self, pred: torch.Tensor, target: torch.Tensor, idx_mask: torch.Tensor) -> torch.Tensor:
-        return group_masked_mse(pred, target, self.encoder.groups, idx_mask)
+        return group_masked_mse(pred, target, self.encoder.split_groups, idx_mask)
 
     def as_image(self, pred: torch.Tensor) -> torch.Tensor:
         return unpatchify_bands(pred, self.patch_size)

@@ -11,15 +11,21 @@ normalisation), so noise is N(0, 1) and zeros are the dataset mean.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from kornia.filters import filter2d_separable, get_gaussian_kernel1d
 
 from ssl_zoo.config import bounded
 
 Count = Literal["union", "area"]
+# blocks_per_read's margin over the expected need; calls needing a second read, of 30 (GMML's corruption, 2 views x 16
+# images at 224 / x 128 at 28): 1.0: 11/30 and 22/30, 1.25: 1/30 and 1/30, 1.5: 0/30 and 0/30
+MARGIN = 1.5
 
 
 @dataclass
@@ -96,51 +102,98 @@ def box_masks(top: torch.Tensor, left: torch.Tensor, h: torch.Tensor, w: torch.T
     return in_rows[..., :, None] & in_cols[..., None, :]
 
 
+@functools.lru_cache(maxsize=64)
+def blocks_per_read(max_target: float, height: int, width: int, min_side: int, max_side: int, align: int,
+                    max_blocks: int) -> int:
+    """How many blocks to draw between two reads of "is every image covered?" (count="union").
+
+    The chance that a block of sample_blocks covers row y (or column x) follows from its rule, border
+    clipping and `align` included; n independent blocks cover pixel (y, x) with 1 - (1 - p_y p_x)^n.
+    MARGIN x the n whose expected union reaches `max_target` (a fraction of the image), plus 8, makes a
+    second read rare. Exact arithmetic on the host, once per shape: no random numbers are used."""
+    rows, cols = _hit_chance(height, min_side, max_side, align), _hit_chance(width, min_side, max_side, align)
+    log_miss = np.log(np.clip(1 - np.outer(rows, cols), 1e-12, None))  # log (1 - p) per pixel
+
+    def coverage(n: int) -> float:
+        return float(1 - np.exp(log_miss * n).mean())
+
+    low, high = 0, max_blocks
+    while low < high:  # the smallest n whose coverage reaches the target (coverage grows with n)
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if coverage(mid) < max_target else (low, mid)
+    return max(8, min(max_blocks, math.ceil(MARGIN * low) + 8))
+
+
+def _hit_chance(side: int, min_side: int, max_side: int, align: int) -> np.ndarray:
+    """(side,) float64: the chance that one block of sample_blocks covers each row (or column)."""
+    starts = np.arange(max(side - min_side, 1)) // align * align
+    lengths = np.minimum(np.arange(min_side, max(max_side, min_side + 1))[None, :], side - starts[:, None])
+    if align > 1:
+        lengths = np.round(lengths / align).astype(np.int64) * align
+    index = np.arange(side)
+    inside = (index >= starts[:, None, None]) & (index < (starts[:, None] + lengths)[..., None])
+    return inside.mean((0, 1))
+
+
 @torch.no_grad()
 def block_masks(targets: torch.Tensor, height: int, width: int, min_side: int, max_side: int, align: int = 1,
-                count: Count = "union", max_blocks: int = 4096, chunk_elements: int = 1 << 23) -> torch.Tensor:
+                count: Count = "union", max_target: float = 0.75, max_blocks: int = 4096,
+                chunk_elements: int = 1 << 23) -> torch.Tensor:
     """Add random blocks per image until its covered area reaches targets[i] pixels; (B, 1, H, W) bool.
 
     count="union": covered = pixels under the union of the blocks (GMML); "area": the summed block
-    areas, overlaps counted again (SiT v1). Blocks come in chunks of K per image, all drawn at once:
-    block j is accepted while the coverage before it is below the target (the official `while`
-    test), so an image accepts a prefix of its blocks, found from the running coverage (for the union:
-    from the index of the first block covering each pixel).
+    areas, overlaps counted again (SiT v1). Blocks are drawn K per image at a time: block j is accepted
+    while the coverage before it is below the target (the official `while` test), so an image accepts a
+    prefix of its blocks, found from the running coverage (for the union: from the index of the first
+    block covering each pixel). K is bounded by `chunk_elements` (B x K x H x W booleans at once).
 
     Host syncs: none with count="area": every block adds at least min_side^2 pixels, so
-    ceil(pixels / min_side^2) blocks always suffice and are drawn (in chunks) without looking. The
-    union has no such bound (a block may add nothing new), so the host reads "is every image covered?"
-    after each chunk: one sync per call, nearly always (one chunk covers every image); callers put all
-    their views in one call.
+    ceil(pixels / min_side^2) blocks always suffice and are drawn without looking. The union has no
+    such bound (a block may add nothing new), so the host reads "is every image covered?" after each
+    round of `blocks_per_read` blocks, sized from `max_target` (the largest target as a fraction of the
+    image, which callers know): one read per call, nearly always; callers put all their views in one call.
     """
     batch, device = targets.shape[0], targets.device
     targets = targets.float()
     pixels = height * width
-    chunk = max(8, min(256, chunk_elements // max(1, batch * pixels)))
-    # "area": no target exceeds the image, so this many blocks always reach it (see the docstring)
-    blocks_needed = min(max_blocks, -(-pixels // min_side ** 2)) if count == "area" else max_blocks
+    if count == "area":  # no target exceeds the image, so this many blocks always reach it (see the docstring)
+        total = per_read = min(max_blocks, -(-pixels // min_side ** 2))
+    else:
+        total, per_read = max_blocks, blocks_per_read(max_target, height, width, min_side, max_side, align,
+                                                      max_blocks)
+    per_chunk = max(1, min(per_read, chunk_elements // max(1, batch * pixels)))
     mask = torch.zeros(batch, pixels, dtype=torch.bool, device=device)
     covered = torch.zeros(batch, device=device)
-    for start in range(0, blocks_needed, chunk):
-        if start and count == "union" and not bool((covered < targets).any()):
+    for read_start in range(0, total, per_read):
+        if read_start and count == "union" and not bool((covered < targets).any()):
             break
-        top, left, h, w = sample_blocks(batch, chunk, height, width, min_side, max_side, align, device)
-        blocks = box_masks(top, left, h, w, height, width).flatten(2)  # (B, K, H*W)
-        if count == "union":
-            fresh = blocks & ~mask[:, None]
-            first = torch.where(fresh.any(1), fresh.to(torch.uint8).argmax(1), chunk)  # first block covering a pixel
-            gain = torch.zeros(batch, chunk + 1, device=device).scatter_add_(1, first, torch.ones_like(first, dtype=torch.float))
-            gain = gain[:, :chunk]  # new pixels each block adds
-        else:
-            gain = (h * w).float()
-        before = covered[:, None] + gain.cumsum(1) - gain  # coverage before block j
-        take = before < targets[:, None]
-        if count == "union":
-            mask |= first < take.sum(1, keepdim=True)
-        else:
-            mask |= (blocks & take[..., None]).any(1)
-        covered = covered + (gain * take).sum(1)
+        read_end = min(total, read_start + per_read)
+        for start in range(read_start, read_end, per_chunk):
+            chunk = min(per_chunk, read_end - start)
+            top, left, h, w = sample_blocks(batch, chunk, height, width, min_side, max_side, align, device)
+            covered = _add_blocks(mask, covered, targets, box_masks(top, left, h, w, height, width).flatten(2),
+                                  (h * w).float(), count)
     return mask.view(batch, 1, height, width)
+
+
+def _add_blocks(mask: torch.Tensor, covered: torch.Tensor, targets: torch.Tensor, blocks: torch.Tensor,
+                areas: torch.Tensor, count: Count) -> torch.Tensor:
+    """Accept each image's blocks (B, K, H*W) while its coverage is below target: updates `mask` (B, H*W)
+    in place, returns the new coverage (B,)."""
+    chunk = blocks.shape[1]
+    if count == "union":
+        fresh = blocks & ~mask[:, None]
+        first = torch.where(fresh.any(1), fresh.to(torch.uint8).argmax(1), chunk)  # first block covering a pixel
+        gain = torch.zeros(blocks.shape[0], chunk + 1, device=blocks.device)
+        gain = gain.scatter_add_(1, first, torch.ones_like(first, dtype=torch.float))[:, :chunk]  # new pixels per block
+    else:
+        gain = areas
+    take = covered[:, None] + gain.cumsum(1) - gain < targets[:, None]  # coverage before block j is short
+    if count == "union":
+        mask |= first < take.sum(1, keepdim=True)
+    else:
+        mask |= (blocks & take[..., None]).any(1)
+    return covered + (gain * take).sum(1)
 
 
 def other_images(batch: int, device: torch.device) -> torch.Tensor:
@@ -176,7 +229,7 @@ def group_corrupt(x: torch.Tensor, spec: GroupCorruption, views: int = 1) -> tup
     paste_target = coverage_targets(min(0.5, spec.paste_coverage), spec.paste_coverage, batch, pixels, device)
     max_side = max(1, int(spec.max_block * height))  # views are square
     mask = block_masks(torch.where(paste, paste_target, fill_target), height, width, spec.align, max_side,
-                       spec.align)
+                       spec.align, max_target=max(spec.coverage, spec.paste_coverage))
     fill = torch.randn_like(x) if spec.fill == "noise" else torch.zeros_like(x)
     others = torch.cat([other_images(per_view, device) + v * per_view for v in range(views)])
     source = torch.where(paste[:, None, None, None], x[others], fill)
@@ -235,5 +288,5 @@ def v1_distort(x: torch.Tensor, spec: V1Distortion) -> tuple[torch.Tensor, torch
     return out, (gray_box | blur_box | noise | paste).to(x.dtype)
 
 
-__all__ = ["GroupCorruption", "V1Distortion", "block_masks", "box_masks", "group_corrupt", "other_images",
+__all__ = ["GroupCorruption", "V1Distortion", "block_masks", "blocks_per_read", "box_masks", "group_corrupt", "other_images",
            "sample_blocks", "v1_distort"]

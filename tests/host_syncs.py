@@ -4,8 +4,9 @@ Why a TorchFunctionMode on CPU: no GPU is lent to the project, and on CUDA these
 host syncs (`torch.cuda.set_sync_debug_mode` finds them there; benchmarks/gpu_check.py uses it). Counted:
 reading a value on the host (`.item()`, `bool()`, `int()`, `float()`, `.tolist()`, `.numpy()`), shapes
 that depend on data (boolean-mask indexing, `nonzero`, `masked_select`, `unique`), and tensors built from
-Python data on a device inside the step (`torch.tensor(..., device=...)`, a host-to-device copy per call
-on CUDA; without `device` the tensor stays on the CPU, and a 0-dim CPU tensor joins CUDA ops as a scalar).
+Python data on a device inside the step (`torch.tensor(..., device=...)` and indexing with a Python
+list, a host-to-device copy per call on CUDA; without `device` the tensor stays on the CPU, and a 0-dim
+CPU tensor joins CUDA ops as a scalar).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ FROM_PYTHON = {torch.tensor, torch.as_tensor}
 def _is_bool_mask(index: object) -> bool:
     items = index if isinstance(index, tuple) else (index,)
     return any(isinstance(i, Tensor) and i.dtype == torch.bool for i in items)
+
+
+def _is_list_index(index: object) -> bool:
+    """A Python list as an index becomes a CPU tensor that is copied to the device on every call."""
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, list) for i in items)
 
 
 def _describe(func: object) -> str:
@@ -53,4 +60,6 @@ class HostSyncCounter(TorchFunctionMode):
             self.calls[_describe(func)] += 1
         elif func is Tensor.__getitem__ and len(args) > 1 and _is_bool_mask(args[1]):
             self.calls["boolean-mask indexing"] += 1
+        elif func is Tensor.__getitem__ and len(args) > 1 and _is_list_index(args[1]):
+            self.calls["list indexing"] += 1
         return func(*args, **kwargs)

@@ -182,6 +182,21 @@ def test_gpu_check_dry_runs_the_same_path_on_the_cpu(tmp_path, capsys, one_threa
     assert table[1][9].startswith(f"{100 * mae['mfu']:.1f}%") and table[2][9] == ""
 
 
+@pytest.mark.parametrize("name", sorted(script("gpu_check").GPU_CONFIGS))
+def test_gpu_check_configs_pass_the_one_rank_batch_check(name, tmp_path):
+    """The paper configs fix a global batch for many GPUs; the check trains their per-rank batch on one GPU,
+    which the trainer refuses unless the check lifts the global batch (it did not, the first time a GPU came)."""
+    from ssl_zoo.experiment import load_config
+    from ssl_zoo.trainer import _check_global_batch
+
+    gpu = script("gpu_check")
+    config = gpu.ROOT / gpu.GPU_CONFIGS[name]
+    args = gpu.argparse.Namespace(dry=False, set=[], batch_size=0, warmup=1, steps=1)
+    cfg = load_config(config, gpu.run_overrides(name, config, args, str(tmp_path)))
+    assert cfg.train.batch_size == load_config(config).train.batch_size
+    _check_global_batch(cfg.train, 1)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_gpu_check_without_cuda_asks_for_dry(capsys):
     with pytest.raises(SystemExit):

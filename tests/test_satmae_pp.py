@@ -151,7 +151,7 @@ def test_masked_mse_is_averaged_over_group_bands_then_masked_tokens():
                             [[0.0, 0.0], [6.0, 0.0]]]])    # band 2
     # tokens (group-major): g0l0, g0l1, g1l0, g1l1. Masked: g0l1 and g1l0.
     # g0l1 = mean(band 0 loc 1: (4+4)/2 = 4, band 2 loc 1: 36/2 = 18) = 11; g1l0 = band 1 loc 0: 16/2 = 8
-    loss = group_masked_mse(pred, target, groups, torch.tensor([[1, 2]]))
+    loss = group_masked_mse(pred, target, lambda err: [err[:, g] for g in groups], torch.tensor([[1, 2]]))
     assert loss.item() == pytest.approx((11 + 8) / 2)
     loss.backward()
     visible = pred.grad[0, [0, 2], 0].abs().sum() + pred.grad[0, 1, 1].abs().sum()  # g0l0 and g1l1
@@ -167,7 +167,7 @@ def test_total_loss_is_0_6_mse_plus_0_4_mean_of_the_two_l1s(tmp_path):
         pred = method.reconstruct(views.crops[0], views.idx_keep)
         x2, x4 = method.head(method.as_image(pred))
         l1 = 0.5 * (x2 - views.crops[1]).abs().mean() + 0.5 * (x4 - views.crops[2]).abs().mean()
-        mse = group_masked_mse(pred, method.targets(views.crops[0]), method.encoder.groups, views.idx_mask)
+        mse = group_masked_mse(pred, method.targets(views.crops[0]), method.encoder.split_groups, views.idx_mask)
     assert torch.allclose(out["loss"].detach(), 0.6 * mse + 0.4 * l1, rtol=1e-5)
 
 
