@@ -138,7 +138,7 @@ def _hit_chance(side: int, min_side: int, max_side: int, align: int) -> np.ndarr
 @torch.no_grad()
 def block_masks(targets: torch.Tensor, height: int, width: int, min_side: int, max_side: int, align: int = 1,
                 count: Count = "union", max_target: float = 0.75, max_blocks: int = 4096,
-                chunk_elements: int = 1 << 23) -> torch.Tensor:
+                chunk_elements: int = 1 << 28) -> torch.Tensor:
     """Add random blocks per image until its covered area reaches targets[i] pixels; (B, 1, H, W) bool.
 
     count="union": covered = pixels under the union of the blocks (GMML); "area": the summed block
@@ -184,8 +184,9 @@ def _add_blocks(mask: torch.Tensor, covered: torch.Tensor, targets: torch.Tensor
     if count == "union":
         fresh = blocks & ~mask[:, None]
         first = torch.where(fresh.any(1), fresh.to(torch.uint8).argmax(1), chunk)  # first block covering a pixel
-        gain = torch.zeros(blocks.shape[0], chunk + 1, device=blocks.device)
-        gain = gain.scatter_add_(1, first, torch.ones_like(first, dtype=torch.float))[:, :chunk]  # new pixels per block
+        # new pixels per block: a comparison and a sum (a scatter_add into K + 1 bins per image piles up atomic
+        # adds on the same few addresses: 6x slower GMML steps on an H200 at one block per chunk)
+        gain = (first[:, None, :] == torch.arange(chunk, device=blocks.device)[:, None]).sum(-1).float()
     else:
         gain = areas
     take = covered[:, None] + gain.cumsum(1) - gain < targets[:, None]  # coverage before block j is short
