@@ -14,7 +14,7 @@ the internet; pretrained weights are never fetched), and reports
                  `torch.utils.flop_counter.FlopCounterMode`) x steps/s / H200_BF16_DENSE_PEAK
 
 and prints the markdown table last. 3 + 10 steps per method keep the whole check well under the
-10 minutes one GPU is lent for (not yet run on a GPU: no device has been lent to the project so far).
+10 minutes one GPU is lent for (on an H200: about 3 minutes for all ten; table in docs/benchmarks.md).
 
     .venv/bin/python benchmarks/gpu_check.py [--methods mae dino] [--steps 10] [--warmup 3]
     .venv/bin/python benchmarks/gpu_check.py --dry     # CPU: tiny configs, batch 8, 1 + 2 steps, same code path
