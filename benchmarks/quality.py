@@ -53,7 +53,9 @@ from ssl_zoo.runtime import pick_device  # noqa: E402
 from ssl_zoo.trainer import Trainer  # noqa: E402
 
 
-STEP_CAP = 10**7  # --steps 0: the time budget alone decides
+# --steps 0: the time budget alone decides, and the config's epoch-counted schedules stretch with the run (the
+# Trainer scales them to the steps the budget allows, keeping each its share of the config's own length)
+STEP_CAP = 10**7
 # the methods whose papers report fine-tuning, not frozen features: GMML (fine-tuning on ImageNet and small
 # sets; its loss reconstructs pixels, nothing trains the class token) and SatMAE++ (fine-tuning on fMoW and
 # the land-cover sets)

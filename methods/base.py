@@ -83,7 +83,7 @@ class EMA:
         step = progress.step + 1
         if step >= progress.total_steps:
             return None
-        return self.value(dataclasses.replace(progress, step=step, epoch=step // max(progress.steps_per_epoch, 1)))
+        return self.value(dataclasses.replace(progress, step=step, epoch=int(step // max(progress.steps_per_epoch, 1))))
 
 
 class Method(nn.Module):

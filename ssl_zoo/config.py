@@ -111,7 +111,8 @@ class TrainConfig:
     epochs: float = bounded(1.0, 0.0)
     max_steps: int = bounded(0, 0)  # > 0 overrides epochs
     # > 0: after a few measured steps, total_steps is fixed so that training and the k-NN evaluations end
-    # within this many minutes (epochs / max_steps stay the upper limit); see ssl_zoo/budget.py
+    # within this many minutes (epochs / max_steps stay the upper limit; epoch-counted schedules scale with the
+    # steps chosen); see ssl_zoo/budget.py and docs/default-job.md
     time_budget_min: float = bounded(0.0, 0.0)
     batch_size: int = bounded(256, 1)  # per rank, per optimizer step (before accumulation split)
     # > 0: the global batch stays this as the rank count changes: batch_size = global_batch / ranks, set by

@@ -46,7 +46,7 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimiz
 class Schedule:
     """lr: warm-up then cosine to min_lr; weight decay: cosine from start to end (if end >= 0)."""
 
-    def __init__(self, cfg: OptimConfig, peak_lr: float, steps_per_epoch: int, total_steps: int) -> None:
+    def __init__(self, cfg: OptimConfig, peak_lr: float, steps_per_epoch: float, total_steps: int) -> None:
         self.cfg, self.peak_lr, self.total_steps = cfg, peak_lr, total_steps
         self.warmup_steps = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps)
 

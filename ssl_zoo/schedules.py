@@ -13,7 +13,7 @@ class Progress:
     step: int  # optimizer steps done before the current one
     total_steps: int
     epoch: int
-    steps_per_epoch: int
+    steps_per_epoch: float  # of the schedules' epochs (under a time budget scaled with the run, see Trainer)
 
     @property
     def fraction(self) -> float:

@@ -124,8 +124,11 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError("one epoch holds fewer micro-batches than train.accumulate; lower it")
         # the config's length; under a time budget a cap, until the measured step rate fixes the count
-        self.total_steps = cfg.train.max_steps or max(1, int(round(cfg.train.epochs * self.steps_per_epoch)))
+        epochs_steps = max(1, int(round(cfg.train.epochs * self.steps_per_epoch)))
+        self.total_steps = cfg.train.max_steps or epochs_steps
         self.config_steps = self.total_steps  # what a time budget may not exceed
+        self.recipe_steps = min(self.config_steps, epochs_steps)  # the length the schedules are written for
+        self.schedule_epoch: float = self.steps_per_epoch  # steps of one epoch of the schedules (time budget: scaled)
         self.steps_fixed = not cfg.train.time_budget_min
         self.eval_cost: EvalCost | None = None  # measured with the first step-rate estimate under a budget
         self.elapsed_before = 0.0  # seconds of earlier attempts of this run (a resumed run's budget is what is left)
@@ -143,7 +146,7 @@ class Trainer:
         self.global_batch = cfg.train.batch_size * self.dist.world_size
         self.peak_lr = scaled_lr(cfg.optim, self.global_batch)
         self.optimizer = build_optimizer(self.method.param_groups(cfg.optim), cfg.optim)
-        self.schedule = Schedule(cfg.optim, self.peak_lr, self.steps_per_epoch, self.total_steps)
+        self.schedule = Schedule(cfg.optim, self.peak_lr, self.schedule_epoch, self.total_steps)
         self.params = [p for p in self.method.parameters() if p.requires_grad]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
@@ -167,6 +170,7 @@ class Trainer:
             "epoch": self.step // self.steps_per_epoch,
             "total_steps": self.total_steps,
             "total_steps_fixed": self.steps_fixed,
+            "schedule_epoch": self.schedule_epoch,
             "elapsed_s": self.elapsed_before + time.perf_counter() - self.started,
             "skipped_images": self._skipped_all_ranks(),
             "sampler": {"epoch": self.step // self.steps_per_epoch,
@@ -226,7 +230,8 @@ class Trainer:
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.skipped_images = int(state.get("skipped_images", 0)) if self.dist.is_main else 0  # the all-rank total
         if self.cfg.train.time_budget_min and state.get("total_steps_fixed"):
-            self._set_total_steps(int(state["total_steps"]))  # exact resume: the count chosen before
+            # exact resume: the count chosen before and the schedules scaled to it
+            self._set_total_steps(int(state["total_steps"]), schedule_epoch=state.get("schedule_epoch"))
         rngs = state["rng"]
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank], self.device)
@@ -343,9 +348,14 @@ class Trainer:
             self.method.train()
 
     # ------------------------------------------------------------------ the time budget
-    def _set_total_steps(self, total: int, fixed: bool = True) -> None:
+    def _set_total_steps(self, total: int, fixed: bool = True, schedule_epoch: float | None = None) -> None:
+        """The run's length as the time budget chose it. The epoch-counted schedules (lr and teacher-temperature
+        warm-ups, frozen last layer, ...) scale with it: each keeps its share of the recipe's epochs x
+        steps-per-epoch, so a budget that shortens (or, over a raised max_steps, lengthens) the run compresses
+        the recipe instead of cutting it (a 10-epoch warm-up in a run cut to 5 epochs would never end)."""
         self.total_steps, self.steps_fixed = total, fixed
-        self.schedule = Schedule(self.cfg.optim, self.peak_lr, self.steps_per_epoch, total)
+        self.schedule_epoch = schedule_epoch or self.steps_per_epoch * total / self.recipe_steps
+        self.schedule = Schedule(self.cfg.optim, self.peak_lr, self.schedule_epoch, total)
 
     def _eval_cost(self) -> EvalCost:
         """Seconds the k-NN evaluations will take, from the time to embed one evaluation batch (the second:
@@ -420,7 +430,7 @@ class Trainer:
         if self.step >= self.total_steps or not out_of_time(self._budget_left_s(), elapsed, final_eval_s):
             return
         planned = self.total_steps
-        self._set_total_steps(self.step, fixed=True)
+        self._set_total_steps(self.step, fixed=True, schedule_epoch=self.schedule_epoch)  # the steps done keep theirs
         bar.total = self.step
         if self.dist.is_main:
             self._write_config()
@@ -458,7 +468,7 @@ class Trainer:
             epoch, pos = divmod(self.step, self.steps_per_epoch)
             self.sampler.set_position(epoch, pos * accumulate)
             for micro_batches in _groups(self.loader, accumulate):
-                progress = Progress(self.step, self.total_steps, epoch, self.steps_per_epoch)
+                progress = Progress(self.step, self.total_steps, epoch, self.schedule_epoch)
                 self.schedule.apply(self.optimizer, self.step)
                 step = self._gradients(micro_batches, progress)
                 stopping = self._check(step.loss, step.grad_norm, stop)
