@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                         lambda name, config: run_method(name, config, args, out_dir, device))
     log("[raw pixels] ...")
     rows.append(raw_pixels(device, args))
-    limits = " / ".join(f"first {n}" if n else "all" for n in (args.train_limit, args.test_limit))
+    limits = " / ".join(f"{n} spread over the split" if n else "all" for n in (args.train_limit, args.test_limit))
     cap = f", at most {args.steps} steps" if args.steps else ""
     setting = (f"budget: {args.minutes:g} minutes of pretraining per method{cap} (its tiny Fashion-MNIST config; "
                f"steps reached and wall time in the table); evaluation on Fashion-MNIST train / test images: "
