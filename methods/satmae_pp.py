@@ -16,8 +16,8 @@ default) and SatMAEPPRGB; the MultiScaleMAE base holds what they share.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
@@ -62,7 +62,10 @@ def unpatchify_bands(patches: torch.Tensor, patch_size: int) -> torch.Tensor:
     return patches.reshape(b, c, g, g, p, p).permute(0, 1, 2, 4, 3, 5).reshape(b, c, g * p, g * p)
 
 
-def group_masked_mse(pred: torch.Tensor, target: torch.Tensor, split_groups: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+SplitGroups = Callable[[torch.Tensor], Sequence[torch.Tensor]]
+
+
+def group_masked_mse(pred: torch.Tensor, target: torch.Tensor, split_groups: SplitGroups,
                      idx_mask: torch.Tensor) -> torch.Tensor:
     """pred/target (B, C, L, p^2): per-patch MSE, averaged over each group's bands -> (B, G*L) group-major,
     then averaged over the masked tokens (every image masks the same count). `split_groups` cuts (B, C, L)

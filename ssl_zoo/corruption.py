@@ -300,5 +300,5 @@ def v1_distort(x: torch.Tensor, spec: V1Distortion) -> tuple[torch.Tensor, torch
     return out, (gray_box | blur_box | noise | paste).to(x.dtype)
 
 
-__all__ = ["GroupCorruption", "V1Distortion", "block_masks", "blocks_per_read", "box_masks", "group_corrupt", "other_images",
-           "sample_blocks", "v1_distort"]
+__all__ = ["GroupCorruption", "V1Distortion", "block_masks", "blocks_per_read", "box_masks", "group_corrupt",
+           "other_images", "sample_blocks", "v1_distort"]
