@@ -9,11 +9,19 @@ be predicted from visible ones (SatMAE++'s pretext task) once the image's own sp
 
     band b of a pixel = m * garment[b] + (1 - m) * background[b] + noise,   m = Fashion-MNIST grey / 255
 
-A spectrum is a smooth curve over the bands (a base level plus a Gaussian bump at a random position,
-reflectance in [0.02, 0.7]). Garment and background are drawn as an exchangeable pair, redrawn while
-they are too alike to show the shape, so every class has the same expected spectrum (tests/
-test_multispectral.py checks it on the written files). Values are stored as uint16 reflectance x 10000,
-the scale of Sentinel-2 L2A products, with the bands first: (bands, 28, 28).
+A spectrum is a smooth curve over the bands (a base level plus a Gaussian bump at a random position).
+The background gets a dark one (reflectance 0.02-0.2, like water or shade) and the garment that curve plus
+a brighter one (0.15-0.6 above it in every band), both drawn per image and independently of its class, so
+every class has the same expected spectrum (tests/test_multispectral.py checks it on the written files).
+Why the garment is always the brighter: with garment and background drawn as an exchangeable pair (the
+first design) the garment was brighter in some bands and darker in others, a per-image contrast sign a
+16 px ViT-Tiny must learn away before shape counts: its random init scored 12.4% k-NN / 14.0% linear
+(3,000 / 1,000 images), a supervised ViT barely trained in 60 steps (docs/quality-log.md), so the set
+measured nothing. With the sign fixed the same random init scores 39.2% / 63.0%: the class is there for
+features to find, and the spectra still vary at random from image to image.
+
+Values are stored as uint16 reflectance x 10000, the scale of Sentinel-2 L2A products, with the bands
+first: (bands, 28, 28).
 
     OUT/npy/{train,test}/<k>_<class>/<index>.npy
     OUT/tif/{train,test}/<k>_<class>/<index>.tif    one-page multi-band GeoTIFF (tifffile; planar bands,
@@ -43,30 +51,29 @@ CLASS_NAMES = ("tshirt_top", "trouser", "pullover", "dress", "coat", "sandal", "
 FORMATS = ("npy", "tif")
 REFLECTANCE_SCALE = 10000  # Sentinel-2 L2A: digital number = reflectance x 10000
 NOISE = 0.005  # per pixel and band, in reflectance: a little sensor noise so no band is an exact mix
-MIN_CONTRAST = 0.08  # mean |garment - background| over the bands below which a pair is redrawn
+BACKGROUND = (0.02, 0.2)  # reflectance range of the background's spectrum
+CONTRAST = (0.15, 0.6)  # range of the garment's reflectance above the background's, in every band
+SPECTRA = "dark background, brighter garment"  # in the settings: a set of the first design is refused
 PIXEL_M = 10.0  # GeoTIFF pixel size (Sentinel-2's 10 m bands)
 UTM_33N = 32633  # EPSG code written as the GeoTIFF's projected CRS
 
 
-def random_spectra(n: int, bands: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, bands) smooth random reflectance curves: base + amp * exp(-(w - peak)^2 / (2 width^2))."""
+def random_spectra(n: int, bands: int, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
+    """(n, bands) smooth random curves in [low, high]: low + (high - low) (base + amp * exp(-(w - peak)^2 /
+    (2 width^2))), base in [0, 0.4], amp in [0, 0.6]."""
     wavelength = np.linspace(0.0, 1.0, bands)
-    base = rng.uniform(0.02, 0.3, (n, 1))
-    amp = rng.uniform(0.0, 0.4, (n, 1))
+    base = rng.uniform(0.0, 0.4, (n, 1))
+    amp = rng.uniform(0.0, 0.6, (n, 1))
     peak = rng.uniform(-0.2, 1.2, (n, 1))
     width = rng.uniform(0.15, 0.5, (n, 1))
-    return base + amp * np.exp(-((wavelength - peak) ** 2) / (2 * width**2))
+    return low + (high - low) * (base + amp * np.exp(-((wavelength - peak) ** 2) / (2 * width**2)))
 
 
 def spectrum_pairs(n: int, bands: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, 2, bands): garment and background spectra, i.i.d. and redrawn together while too alike."""
-    pairs = np.stack([random_spectra(n, bands, rng), random_spectra(n, bands, rng)], axis=1)
-    alike = np.abs(pairs[:, 0] - pairs[:, 1]).mean(1) < MIN_CONTRAST
-    while alike.any():
-        redrawn = np.stack([random_spectra(int(alike.sum()), bands, rng) for _ in range(2)], axis=1)
-        pairs[alike] = redrawn
-        alike = np.abs(pairs[:, 0] - pairs[:, 1]).mean(1) < MIN_CONTRAST
-    return pairs
+    """(n, 2, bands): garment and background spectra, the garment brighter than the background in every band."""
+    background = random_spectra(n, bands, *BACKGROUND, rng)
+    garment = background + random_spectra(n, bands, *CONTRAST, rng)
+    return np.stack([garment, background], axis=1)
 
 
 def compose(shapes: np.ndarray, spectra: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -129,7 +136,7 @@ def write_fashion_multispectral(out: str | Path, bands: int = 6, train: int = 10
     if unknown or not formats:
         raise DataError(f"formats must be some of {list(FORMATS)}, got {list(formats)}")
     settings = {"source": "fashion_mnist", "bands": bands, "train": train, "test": test,
-                "formats": sorted(set(formats)), "seed": seed}
+                "formats": sorted(set(formats)), "seed": seed, "spectra": SPECTRA}
     manifest_file = out / "manifest.json"
     if out.exists():
         try:
