@@ -130,6 +130,20 @@ def test_writing_again_is_a_no_op_and_other_settings_are_refused(ms_set, tmp_pat
         write_fashion_multispectral(tmp_path / "other", train=10, test=10)
 
 
+def test_garment_is_brighter_in_every_band_and_sets_of_the_first_design_are_refused(ms_set, tmp_path):
+    from ssl_zoo.data.make_multispectral import spectrum_pairs
+
+    garment, background = spectrum_pairs(5000, BANDS, np.random.default_rng(1)).transpose(1, 0, 2)
+    assert ((garment - background) >= 0.15 - 1e-9).all() and (background <= 0.2 + 1e-9).all()
+    out, manifest = ms_set
+    old = tmp_path / "old"  # a set written before the spectra changed: its settings carry no "spectra"
+    old.mkdir()
+    settings = {k: v for k, v in manifest["settings"].items() if k != "spectra"}
+    (old / "manifest.json").write_text(json.dumps({**manifest, "settings": settings}))
+    with pytest.raises(DataError, match="holds a set written with"):
+        write_fashion_multispectral(old, bands=BANDS, train=1000, test=600)
+
+
 def test_missing_fashion_mnist_is_one_line_and_leaves_nothing_behind(tmp_path, capsys):
     assert main([str(tmp_path / "set"), "--fashion-mnist", str(tmp_path / "nowhere"), "--train", "5"]) == 2
     err = capsys.readouterr().err

@@ -17,8 +17,8 @@ Why the garment is always the brighter: with garment and background drawn as an 
 first design) the garment was brighter in some bands and darker in others, a per-image contrast sign a
 16 px ViT-Tiny must learn away before shape counts: its random init scored 12.4% k-NN / 14.0% linear
 (3,000 / 1,000 images), a supervised ViT barely trained in 60 steps (docs/quality-log.md), so the set
-measured nothing. With the sign fixed the same random init scores 39.2% / 63.0%: the class is there for
-features to find, and the spectra still vary at random from image to image.
+measured nothing. With the sign fixed the same random init scores 46.2% / 67.6% (the default set, 10,000
+/ 10,000 images): the class is there for features to find, and the spectra still vary at random.
 
 Values are stored as uint16 reflectance x 10000, the scale of Sentinel-2 L2A products, with the bands
 first: (bands, 28, 28).
