@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_zoo.methods.base import disable_drop_path
 from ssl_zoo.schedules import Progress
 from tests.conftest import random_images, tiny_method
 
@@ -39,13 +40,6 @@ ATOL = 2e-5  # float32 rounding of losses of order 1
 
 
 # ----------------------------------------------------------------------------- independent pieces
-
-
-def no_drop_path(module: nn.Module) -> None:
-    """Stochastic depth off everywhere (it draws random numbers), so two passes see the same network."""
-    for m in module.modules():
-        if hasattr(m, "drop_prob"):
-            m.drop_prob = 0.0
 
 
 def vit_block_outputs(vit: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
@@ -152,14 +146,13 @@ def assert_same_grads(zoo: list[torch.Tensor], ref: list[torch.Tensor], names: l
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """The three tiny methods (built once: building dominates the run time)."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("rederived")
     torch.manual_seed(0)
     gmml = tiny_method("gmml", root)
     latest = tiny_method("sit", root, recon_weight=5.0)  # lambda != 1, so the weighting is seen
     v1 = tiny_method("sit", root, variant="v1")
     for m in (gmml, latest, v1):
-        no_drop_path(m)
+        disable_drop_path(m)  # stochastic depth draws random numbers: two passes must see one network
         m.train()
     randomise_head(gmml.head, 1)
     randomise_blocks(gmml.vit, 4)
