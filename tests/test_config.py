@@ -205,3 +205,15 @@ def test_a_section_given_as_a_plain_value_names_the_section_and_its_keys(raw, me
     path = tmp_path / "c.yaml"
     path.write_text("method:\n  name: simclrv2\ntrain:\noptim:\n")  # an empty section (null) changes nothing
     assert load_config(path).train.batch_size == 256
+
+
+def test_weight_decay_start_without_its_scheduled_end_is_refused():
+    """DINO's paper optimiser schedules weight decay 0.04 -> 0.4; a config that sets only the start would
+    silently inherit the end (an SGD recipe's 1e-4 rising to 0.4)."""
+    with pytest.raises(ConfigError, match=r"optim.weight_decay=0.0001 is set but optim.weight_decay_end is the "
+                                          r"method's default 0.4.*or -1 for a constant"):
+        load_config({"method": {"name": "dino"}, "optim": {"name": "sgd", "weight_decay": 1e-4}})
+    constant = load_config({"method": {"name": "dino"}}, ["optim.weight_decay=1e-4", "optim.weight_decay_end=-1"])
+    assert (constant.optim.weight_decay, constant.optim.weight_decay_end) == (1e-4, -1.0)
+    unscheduled = load_config({"method": {"name": "simclrv2"}}, ["optim.weight_decay=1e-5"])  # paper's is constant
+    assert unscheduled.optim.weight_decay_end < 0
