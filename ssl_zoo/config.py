@@ -352,15 +352,13 @@ def read_raw(source: str | Path | dict, overrides: list[str] | None = None) -> t
     return raw, name_hint
 
 
-def _paired_ends(optim_raw: dict, defaults: OptimConfig) -> dict:
-    """`optim_raw` unchanged, unless it sets `weight_decay` while the method's default `weight_decay_end`
-    schedules it elsewhere (DINO: 0.04 -> 0.4): refused, because the mix is silent (an SGD recipe's 1e-4
-    would rise to 0.4 over the run)."""
+def _check_weight_decay_pair(optim_raw: dict, defaults: OptimConfig) -> None:
+    """Refuse an optim section that sets `weight_decay` while the method's default `weight_decay_end`
+    schedules it elsewhere (DINO: 0.04 -> 0.4): the mix is silent (an SGD recipe's 1e-4 would rise to 0.4)."""
     if "weight_decay" in optim_raw and "weight_decay_end" not in optim_raw and defaults.weight_decay_end >= 0:
         raise ConfigError(f"optim.weight_decay={optim_raw['weight_decay']} is set but optim.weight_decay_end is the "
                           f"method's default {defaults.weight_decay_end} (a cosine schedule from the one to the other); "
                           f"set optim.weight_decay_end too: the end value, or -1 for a constant weight decay")
-    return optim_raw
 
 
 def build_config(raw: dict, method_config: type, *, optim_defaults: OptimConfig, model_defaults: dict,
@@ -375,7 +373,8 @@ def build_config(raw: dict, method_config: type, *, optim_defaults: OptimConfig,
         return {} if value is None else _expect_mapping(value, name, [f.name for f in dataclasses.fields(cls)])
 
     method_cfg = build_dataclass(method_config, raw["method"], "method")
-    optim_raw = _paired_ends(section("optim", OptimConfig), optim_defaults)
+    optim_raw = section("optim", OptimConfig)
+    _check_weight_decay_pair(optim_raw, optim_defaults)
     train_raw = section("train", TrainConfig)
     if not train_raw.get("name"):
         train_raw = {**train_raw, "name": name_hint or method_cfg.name}
